@@ -1,0 +1,229 @@
+"""BAM as nn.Modules: ``ChannelGate``, ``SpatialGate``, eager ``BAM`` and ``FusedBAM``.
+
+Submodule and parameter names are the released code's, so its checkpoints load strictly into
+``variant="official"``. ``FusedBAM`` is a ``BAM`` whose gate runs the Triton kernels; the
+convolutions and the MLP stay in cuDNN/cuBLAS.
+"""
+
+import torch
+from torch import nn
+
+from . import reference
+from .ops import bam_gate
+
+VARIANTS = ("paper", "official")
+# The combine each variant uses when the module is built with combine=None.
+VARIANT_COMBINE = {"paper": "sum", "official": "product"}
+BRANCHES = ("both", "channel", "spatial")
+
+
+class ChannelGate(nn.Module):
+    """Mc(F) = [BN](MLP(AvgPool(F))): (N, C, H, W) → (N, C).
+
+    The pooling is the global mean over H×W (the released code's avg_pool2d with kernel H is
+    the same on square maps and breaks on others).
+    """
+
+    def __init__(self, gate_channel: int, reduction_ratio: int = 16, num_layers: int = 1, final_bn: bool = True):
+        super().__init__()
+        hidden = gate_channel // reduction_ratio
+        widths = [gate_channel] + [hidden] * num_layers + [gate_channel]
+        self.gate_c = nn.Sequential()
+        self.gate_c.add_module("flatten", nn.Flatten())
+        for i in range(len(widths) - 2):
+            self.gate_c.add_module(f"gate_c_fc_{i}", nn.Linear(widths[i], widths[i + 1]))
+            self.gate_c.add_module(f"gate_c_bn_{i + 1}", nn.BatchNorm1d(widths[i + 1]))
+            self.gate_c.add_module(f"gate_c_relu_{i + 1}", nn.ReLU())
+        self.gate_c.add_module("gate_c_fc_final", nn.Linear(widths[-2], widths[-1]))
+        if final_bn:
+            self.gate_c.add_module("gate_c_bn_final", nn.BatchNorm1d(gate_channel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate_c(x.mean(dim=(2, 3)))
+
+
+class SpatialGate(nn.Module):
+    """Ms(F) = [BN](f1x1(f3x3_d(…f3x3_d(f1x1(F))))): (N, C, H, W) → (N, 1, H, W)."""
+
+    def __init__(
+        self,
+        gate_channel: int,
+        reduction_ratio: int = 16,
+        dilation_conv_num: int = 2,
+        dilation_val: int = 4,
+        final_bn: bool = True,
+    ):
+        super().__init__()
+        hidden = gate_channel // reduction_ratio
+        self.gate_s = nn.Sequential()
+        self.gate_s.add_module("gate_s_conv_reduce0", nn.Conv2d(gate_channel, hidden, kernel_size=1))
+        self.gate_s.add_module("gate_s_bn_reduce0", nn.BatchNorm2d(hidden))
+        self.gate_s.add_module("gate_s_relu_reduce0", nn.ReLU())
+        for i in range(dilation_conv_num):
+            conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=dilation_val, dilation=dilation_val)
+            self.gate_s.add_module(f"gate_s_conv_di_{i}", conv)
+            self.gate_s.add_module(f"gate_s_bn_di_{i}", nn.BatchNorm2d(hidden))
+            self.gate_s.add_module(f"gate_s_relu_di_{i}", nn.ReLU())
+        self.gate_s.add_module("gate_s_conv_final", nn.Conv2d(hidden, 1, kernel_size=1))
+        if final_bn:
+            self.gate_s.add_module("gate_s_bn_final", nn.BatchNorm2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate_s(x)
+
+
+class BAM(nn.Module):
+    """Bottleneck Attention Module, eager PyTorch: ``F + F ⊗ σ(Mc(F) ⊕ Ms(F))``.
+
+    Args:
+        gate_channel: C of the input (N, C, H, W).
+        reduction_ratio: r; the branches are C // r wide (must be ≥ 1).
+        dilation_conv_num: number of dilated 3×3 convolutions in the spatial branch.
+        dilation_val: their dilation d (and padding).
+        variant: "paper" (final BNs, sum) or "official" (the released code: no final BNs, product).
+        combine: "sum", "product" or "max"; None takes the variant's own.
+        branches: "both", or "channel" / "spatial" alone (the paper's ablation).
+    """
+
+    def __init__(
+        self,
+        gate_channel: int,
+        reduction_ratio: int = 16,
+        dilation_conv_num: int = 2,
+        dilation_val: int = 4,
+        *,
+        variant: str = "paper",
+        combine: str | None = None,
+        branches: str = "both",
+    ):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if combine is not None and combine not in reference.COMBINES:
+            raise ValueError(f"combine must be one of {reference.COMBINES} or None, got {combine!r}")
+        if branches not in BRANCHES:
+            raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}")
+        if gate_channel // reduction_ratio < 1:
+            raise ValueError(
+                f"gate_channel // reduction_ratio must be >= 1, got {gate_channel} // {reduction_ratio} = "
+                f"{gate_channel // reduction_ratio}"
+            )
+        self.gate_channel = gate_channel
+        self.reduction_ratio = reduction_ratio
+        self.dilation_conv_num = dilation_conv_num
+        self.dilation_val = dilation_val
+        self.variant = variant
+        self.combine = combine or VARIANT_COMBINE[variant]
+        self.branches = branches
+        final_bn = variant == "paper"
+        self.channel_att = (
+            ChannelGate(gate_channel, reduction_ratio, final_bn=final_bn) if branches != "spatial" else None
+        )
+        self.spatial_att = (
+            SpatialGate(gate_channel, reduction_ratio, dilation_conv_num, dilation_val, final_bn=final_bn)
+            if branches != "channel"
+            else None
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.gate_channel}, reduction_ratio={self.reduction_ratio}, dilation_conv_num="
+            f"{self.dilation_conv_num}, dilation_val={self.dilation_val}, variant={self.variant!r}, "
+            f"combine={self.combine!r}, branches={self.branches!r}"
+        )
+
+    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(mc (N, C), ms (N, 1, H, W)) for input x (N, C, H, W); None for an absent branch."""
+        if x.dim() != 4 or x.shape[1] != self.gate_channel:
+            raise ValueError(
+                f"BAM({self.gate_channel}) expects input of shape (N, {self.gate_channel}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        mc = self.channel_att(x) if self.channel_att is not None else None
+        ms = self.spatial_att(x) if self.spatial_att is not None else None
+        return mc, ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mc, ms = self.attention_maps(x)
+        return bam_gate(x, mc, ms, combine=self.combine, backend=self.gate_backend)
+
+    gate_backend = "reference"
+
+
+class FusedBAM(BAM):
+    """``BAM`` with the gate fused into Triton kernels; same arguments, submodules and state_dict.
+
+    ``backend``: "auto" (Triton on CUDA, and on CPU under TRITON_INTERPRET=1), "triton" or
+    "reference" (see :func:`bam_fused.bam_gate`).
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        from .ops import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.gate_backend = backend
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.gate_backend!r}"
+
+
+def _released_config(module: nn.Module) -> dict | None:
+    """BAM arguments of a module laid out like the released code, or None if it is not one."""
+    gate_c = getattr(getattr(module, "channel_att", None), "gate_c", None)
+    gate_s = getattr(getattr(module, "spatial_att", None), "gate_s", None)
+    if not isinstance(gate_c, nn.Module) or not isinstance(gate_s, nn.Module):
+        return None
+    fc0 = getattr(gate_c, "gate_c_fc_0", None)
+    if not isinstance(fc0, nn.Linear):
+        return None
+    dilated = [m for name, m in gate_s.named_children() if name.startswith("gate_s_conv_di_")]
+    has_final_bn = hasattr(gate_c, "gate_c_bn_final") and hasattr(gate_s, "gate_s_bn_final")
+    return {
+        "gate_channel": fc0.in_features,
+        "reduction_ratio": fc0.in_features // fc0.out_features,
+        "dilation_conv_num": len(dilated),
+        "dilation_val": dilated[0].dilation[0] if dilated else 4,
+        "variant": "paper" if has_final_bn else "official",
+    }
+
+
+def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
+    if isinstance(module, FusedBAM):
+        return None
+    if isinstance(module, BAM):
+        fused = FusedBAM(
+            module.gate_channel, module.reduction_ratio, module.dilation_conv_num, module.dilation_val,
+            variant=module.variant, combine=module.combine, branches=module.branches, backend=backend,
+        )  # fmt: skip
+        # Adopt the branches themselves: parameters keep their identity, so optimizers keep working.
+        fused.channel_att = module.channel_att
+        fused.spatial_att = module.spatial_att
+        return fused.train(module.training)
+    cfg = _released_config(module)
+    if cfg is None:
+        return None
+    fused = FusedBAM(**cfg, backend=backend)
+    fused.load_state_dict(module.state_dict(), strict=True)
+    ref = next(module.parameters())
+    return fused.to(device=ref.device, dtype=ref.dtype).train(module.training)
+
+
+def convert_to_fused(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace every BAM in ``model`` by a FusedBAM, in place, keeping weights, buffers and mode.
+
+    Converts this package's ``BAM`` (sharing its parameters) and foreign modules laid out like
+    the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``: weights copied).
+    Returns ``model``, or the new FusedBAM when ``model`` itself is a BAM.
+    """
+    root = _to_fused(model, backend)
+    if root is not None:
+        return root
+    for name, child in list(model.named_children()):
+        fused = _to_fused(child, backend)
+        if fused is not None:
+            setattr(model, name, fused)
+        else:
+            convert_to_fused(child, backend)
+    return model

@@ -1,0 +1,162 @@
+"""``bam_gate``: the public gate, its input checks, and the ``bam_fused::gate`` custom op.
+
+The op binds the Triton forward (:mod:`bam_fused.kernels.gate_fwd`) and backward
+(:mod:`bam_fused.kernels.gate_bwd`) under autograd, with fake implementations so that
+``torch.compile(fullgraph=True)`` traces through it. It saves only x, mc and ms for backward.
+"""
+
+import os
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+BACKENDS = ("auto", "triton", "reference")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def interpreter_enabled() -> bool:
+    """True when TRITON_INTERPRET asks Triton to run kernels on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def triton_can_run(x: Tensor) -> bool:
+    """Whether the Triton kernels can run on x's device (CUDA, or CPU under the interpreter)."""
+    return x.device.type == "cuda" or (x.device.type == "cpu" and interpreter_enabled())
+
+
+def _kernel_layout(x: Tensor) -> Tensor:
+    """x itself when the kernels address it by strides (NCHW or channels_last), else one copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _like(t: Tensor, x: Tensor) -> Tensor:
+    """t laid out like x (x already in a kernel layout): a no-op when the strides agree."""
+    if x.is_contiguous():
+        return t.contiguous()
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _flat(m: Tensor | None, rows: int) -> Tensor | None:
+    return None if m is None else m.contiguous().view(rows, -1)
+
+
+@torch.library.custom_op("bam_fused::gate", mutates_args=())
+def gate_op(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool) -> Tensor:
+    """Fused forward. x (N, C, H, W); mc (N, C) or None; ms (N, H, W) or None."""
+    from .kernels import launch_gate_fwd
+
+    xk = _kernel_layout(x)
+    y = torch.empty_like(xk)
+    n = x.shape[0]
+    return launch_gate_fwd(xk, _flat(mc, n), _flat(ms, n), y, combine=combine, residual=residual)
+
+
+@gate_op.register_fake
+def _(x, mc, ms, combine, residual):
+    return torch.empty_like(_kernel_layout(x))
+
+
+@torch.library.custom_op("bam_fused::gate_backward", mutates_args=())
+def gate_backward_op(
+    g: Tensor, x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused backward: (gx, gmc, gms) shaped like (x, mc, ms); an empty tensor for a None map."""
+    from .kernels import gate_bwd
+
+    xk = _kernel_layout(x)
+    n = x.shape[0]
+    gx, gmc, gms = gate_bwd(_like(g, xk), xk, _flat(mc, n), _flat(ms, n), combine=combine, residual=residual)
+    return gx, _shaped(gmc, mc, x), _shaped(gms, ms, x)
+
+
+def _shaped(grad: Tensor | None, m: Tensor | None, x: Tensor) -> Tensor:
+    return x.new_empty(0) if m is None else grad.view(m.shape)
+
+
+@gate_backward_op.register_fake
+def _(g, x, mc, ms, combine, residual):
+    empty = x.new_empty(0)
+    return (
+        torch.empty_like(_kernel_layout(x)),
+        empty if mc is None else torch.empty_like(mc, memory_format=torch.contiguous_format),
+        empty if ms is None else torch.empty_like(ms, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, mc, ms, combine, residual = inputs
+    ctx.save_for_backward(x, mc, ms)
+    ctx.combine = combine
+    ctx.residual = residual
+
+
+def _backward(ctx, grad):
+    x, mc, ms = ctx.saved_tensors
+    gx, gmc, gms = gate_backward_op(grad, x, mc, ms, ctx.combine, ctx.residual)
+    return gx, (gmc if mc is not None else None), (gms if ms is not None else None), None, None
+
+
+gate_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | None:
+    """mc/ms: None or a floating tensor of shape ``want`` (or ``alt``), on x's device."""
+    if m is None:
+        return None
+    if not isinstance(m, Tensor):
+        raise TypeError(f"{name} must be a Tensor or None, got {type(m).__name__}")
+    if not m.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {m.dtype}")
+    if tuple(m.shape) not in (want, alt):
+        raise ValueError(
+            f"{name} must have shape {want} or {alt} for x of shape {tuple(x.shape)}, got {tuple(m.shape)}"
+        )
+    if m.device != x.device:
+        raise ValueError(f"{name} is on {m.device} but x is on {x.device}")
+    return m.reshape(want)
+
+
+def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True, backend: str = "auto"):
+    """The BAM gate ``y = x · (1 + σ(mc ⊕ ms))``, or ``x · σ(mc ⊕ ms)`` with ``residual=False``.
+
+    Args:
+        x: (N, C, H, W), float16/bfloat16/float32/float64; contiguous or channels_last run
+            without a copy. The output has x's dtype and memory format; math is float32.
+        mc: channel map (N, C) or (N, C, 1, 1), floating, or None (spatial-only).
+        ms: spatial map (N, H, W) or (N, 1, H, W), floating, or None (channel-only).
+        combine: "sum" (paper), "product" (released code) or "max" (as ``torch.maximum``).
+        residual: add the identity (``1 +``) as BAM does.
+        backend: "auto" (Triton on CUDA, and on CPU under TRITON_INTERPRET=1; else the
+            reference), "triton" (error where the kernels cannot run), "reference".
+
+    Returns:
+        (N, C, H, W) tensor, differentiable in x, mc and ms.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64, got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if combine not in reference.COMBINES:
+        raise ValueError(f"combine must be one of {reference.COMBINES}, got {combine!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    N, C, H, W = x.shape
+    mc = _check_map("mc", mc, (N, C), (N, C, 1, 1), x)
+    ms = _check_map("ms", ms, (N, H, W), (N, 1, H, W), x)
+    if mc is None and ms is None:
+        raise ValueError("mc and ms are both None: at least one attention map is needed")
+
+    if backend == "triton" and not triton_can_run(x):
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
+            f"triton is imported); x is on {x.device}"
+        )
+    if backend == "triton" or (backend == "auto" and triton_can_run(x)):
+        return gate_op(x, mc, ms, combine, bool(residual))
+    return reference.bam_gate(x, mc, ms, combine, bool(residual))

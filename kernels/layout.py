@@ -1,0 +1,70 @@
+"""How the launchers see a feature map: strides over (n, c, hw) and the tile shape to use.
+
+The kernels address x[n, c, hw] as ``n * stride_n + c * stride_c + hw * stride_hw``; both
+memory formats a CNN produces collapse (h, w) into one hw axis of a single stride:
+
+    contiguous NCHW   (C·HW, HW, 1)  the fast axis is hw
+    channels_last     (HW·C, 1, C)   the fast axis is c
+
+Other layouts are copied once by the caller (see ``bam_fused.ops``).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+# A program's tile holds this many bytes of x: enough for several 16-byte accesses per
+# thread in flight, small enough that the backward's fp32 temporaries do not spill.
+TILE_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class GateLayout:
+    stride_n: int
+    stride_c: int
+    stride_hw: int
+    channels_last: bool
+    int64: bool
+
+
+def gate_layout(x: torch.Tensor) -> GateLayout:
+    """Strides of a 4-D ``x`` (N, C, H, W) as the kernels use them.
+
+    Raises ValueError for a layout that is neither contiguous nor channels_last.
+    """
+    n, c, h, w = x.shape
+    hw = h * w
+    int64 = x.numel() >= 2**31
+    if x.is_contiguous():
+        return GateLayout(c * hw, hw, 1, False, int64)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return GateLayout(hw * c, 1, c, True, int64)
+    raise ValueError(
+        f"x must be contiguous or channels_last, got shape {tuple(x.shape)} with strides {x.stride()}"
+    )
+
+
+def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_HW): the fast axis gets up to ``max_fast`` lanes, the other axis the rest."""
+    if channels_last:
+        block_c = min(triton.next_power_of_2(C), max_fast)
+        block_hw = max(1, min(triton.next_power_of_2(HW), tile_elems // block_c))
+    else:
+        block_hw = min(triton.next_power_of_2(HW), max_fast)
+        block_c = max(1, min(triton.next_power_of_2(C), tile_elems // block_hw))
+    return block_c, block_hw
+
+
+def compute_dtype(x: torch.Tensor):
+    """float64 stays float64 (gradcheck); everything else is computed in float32."""
+    import triton.language as tl
+
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 1 elsewhere (the interpreter runs one program at a time)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
