@@ -18,6 +18,10 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 def pytest_collection_modifyitems(config, items):
     if CUDA:
+        # Every test that takes the `device` fixture runs on CUDA here: `pytest -m gpu` selects them.
+        for item in items:
+            if "device" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.gpu)
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (GPU tests run with `pytest -m gpu` on a GPU machine)")
     for item in items:
