@@ -40,8 +40,9 @@ def _like(t: Tensor, x: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def _flat(m: Tensor | None, rows: int) -> Tensor | None:
-    return None if m is None else m.contiguous().view(rows, -1)
+def _flat(m: Tensor | None) -> Tensor | None:
+    """(N, C) or (N, H, W) map as the kernels take it: (N, C) / (N, H·W), contiguous."""
+    return None if m is None else m.flatten(1).contiguous()
 
 
 @torch.library.custom_op("bam_fused::gate", mutates_args=())
@@ -51,8 +52,7 @@ def gate_op(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, resid
 
     xk = _kernel_layout(x)
     y = torch.empty_like(xk)
-    n = x.shape[0]
-    return launch_gate_fwd(xk, _flat(mc, n), _flat(ms, n), y, combine=combine, residual=residual)
+    return launch_gate_fwd(xk, _flat(mc), _flat(ms), y, combine=combine, residual=residual)
 
 
 @gate_op.register_fake
@@ -68,8 +68,7 @@ def gate_backward_op(
     from .kernels import gate_bwd
 
     xk = _kernel_layout(x)
-    n = x.shape[0]
-    gx, gmc, gms = gate_bwd(_like(g, xk), xk, _flat(mc, n), _flat(ms, n), combine=combine, residual=residual)
+    gx, gmc, gms = gate_bwd(_like(g, xk), xk, _flat(mc), _flat(ms), combine=combine, residual=residual)
     return gx, _shaped(gmc, mc, x), _shaped(gms, ms, x)
 
 

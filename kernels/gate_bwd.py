@@ -126,13 +126,15 @@ def launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, *, combine: str, resid
         C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_hw_blocks, num_c_splits, c_per_split,
         COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None,
         RESIDUAL=residual, BLOCK_C=config["BLOCK_C"], BLOCK_HW=config["BLOCK_HW"],
-        INT64=lay.int64, COMPUTE=compute_dtype(x), num_warps=config.get("num_warps", 4),
+        INT64=config.get("INT64", lay.int64), COMPUTE=compute_dtype(x), num_warps=config.get("num_warps", 4),
     )  # fmt: skip
 
 
 def split_count(C: int, config: dict) -> tuple[int, int]:
-    """(channels per split, number of splits): splits hold whole BLOCK_C chunks, none empty."""
-    c_per_split = triton.cdiv(triton.cdiv(C, config["C_SPLITS"]), config["BLOCK_C"]) * config["BLOCK_C"]
+    """(channels per split, number of splits): whole BLOCK_C chunks per split, none empty, and
+    at least the C_SPLITS asked for wherever C has that many chunks."""
+    chunks = triton.cdiv(C, config["BLOCK_C"])
+    c_per_split = max(1, chunks // max(1, config["C_SPLITS"])) * config["BLOCK_C"]
     return c_per_split, triton.cdiv(C, c_per_split)
 
 

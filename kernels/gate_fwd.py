@@ -66,7 +66,8 @@ def launch_gate_fwd(x, mc, ms, y, *, combine: str, residual: bool, config: dict 
 
     Shapes: x, y (N, C, H, W), same strides, contiguous or channels_last; mc (N, C) contiguous
     or None; ms (N, H·W) contiguous or None (not both None). ``config`` overrides the block
-    heuristic (``BLOCK_C``, ``BLOCK_HW``, ``num_warps``); tests use it to force many tiles.
+    heuristic (``BLOCK_C``, ``BLOCK_HW``, ``num_warps``; ``INT64`` forces 64-bit offsets);
+    tests use it to force many tiles and the int64 path on small tensors.
     Returns ``y``.
     """
     N, C, H, W = x.shape
@@ -83,6 +84,6 @@ def launch_gate_fwd(x, mc, ms, y, *, combine: str, residual: bool, config: dict 
         C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_c_blocks, num_hw_blocks,
         COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None,
         RESIDUAL=residual, BLOCK_C=cfg["BLOCK_C"], BLOCK_HW=cfg["BLOCK_HW"],
-        INT64=lay.int64, COMPUTE=compute_dtype(x), num_warps=cfg.get("num_warps", 4),
+        INT64=cfg.get("INT64", lay.int64), COMPUTE=compute_dtype(x), num_warps=cfg.get("num_warps", 4),
     )  # fmt: skip
     return y

@@ -1,0 +1,197 @@
+"""The Triton kernels against the float64 reference: forward, all three gradients, every mode.
+
+On CPU these run through TRITON_INTERPRET (tests/conftest.py); on CUDA the same tests run on
+the GPU (``pytest -m gpu``). Small forced block shapes give many tiles with ragged edges, so
+a wrong index or a missing mask shows up as a wrong or unwritten (NaN-poisoned) element.
+"""
+
+import itertools
+
+import pytest
+import torch
+from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_bwd, launch_gate_fwd, split_count
+
+LAYOUTS = {"nchw": False, "channels_last": True}
+# Ragged on purpose: C and HW are not multiples of the blocks below.
+SHAPE = (2, 11, 5, 7)
+SMALL_FWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "num_warps": 4}
+SMALL_BWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "C_SPLITS": 2, "num_warps": 4}
+
+
+def _flat(m):
+    return None if m is None else m.flatten(1)
+
+
+def run_fwd(x, mc, ms, combine, residual, config=None):
+    y = poisoned_like(x)
+    launch_gate_fwd(x, mc, _flat(ms), y, combine=combine, residual=residual, config=config)
+    return y
+
+
+def run_bwd(g, x, mc, ms, combine, residual, config):
+    """Stage one into NaN-poisoned buffers, then the fixed-order reduction, as gate_bwd does."""
+    N, C, H, W = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    hw_blocks = -(-H * W // config["BLOCK_HW"])
+    splits = split_count(C, config)[1]
+    gx = poisoned_like(x)
+    gmc_part = torch.full((N, C, hw_blocks), float("nan"), dtype=acc, device=x.device)
+    gms_part = torch.full((N, splits, H * W), float("nan"), dtype=acc, device=x.device)
+    launch_gate_bwd(g, x, mc, _flat(ms), gx, gmc_part if mc is not None else None,
+                    gms_part if ms is not None else None, combine=combine, residual=residual,
+                    config=config)  # fmt: skip
+    gmc = gmc_part.sum(-1).to(mc.dtype) if mc is not None else None
+    gms = gms_part.sum(1).view(N, H, W).to(ms.dtype) if ms is not None else None
+    return gx, gmc, gms
+
+
+def check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg):
+    y = run_fwd(x, mc, ms, combine, residual, fwd_cfg)
+    g = torch.randn_like(y)
+    y_ref, grads_ref = reference64(x, mc, ms, combine, residual, g)
+    assert_close(y, y_ref, "y")
+    assert y.stride() == x.stride()
+    grads = run_bwd(g, x, mc, ms, combine, residual, bwd_cfg)
+    for name, got, want in zip(("gx", "gmc", "gms"), grads, grads_ref):
+        if want is not None:
+            assert_close(got, want, name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference(mode, residual, dtype, layout, device):
+    x, mc, ms, combine = make_inputs(SHAPE, mode, dtype, LAYOUTS[layout], device=device)
+    check_all(x, mc, ms, combine, residual, SMALL_FWD, SMALL_BWD)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    "shape", [(3, 1, 4, 4), (2, 6, 1, 1), (2, 5, 7, 7), (2, 3, 5, 13), (1, 17, 3, 9), (1, 64, 2, 3)], ids=str
+)
+def test_odd_shapes_with_launch_heuristics(shape, layout, device):
+    """The block heuristics themselves (no forced config) on tiny and non-power-of-2 maps."""
+    x, mc, ms, combine = make_inputs(shape, "sum", torch.float32, LAYOUTS[layout], device=device)
+    N, C, H, W = shape
+    channels_last = LAYOUTS[layout] and not x.is_contiguous()
+    bwd_cfg = bwd_config(N, C, H * W, channels_last, x.element_size(), num_sms=8)
+    check_all(x, mc, ms, combine, True, None, bwd_cfg)
+
+
+@pytest.mark.parametrize("mode", ["sum", "max"])
+def test_float64(mode, device):
+    x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float64, device=device)
+    check_all(x, mc, ms, combine, True, SMALL_FWD, SMALL_BWD)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_x_with_float32_maps(dtype, device):
+    """Autocast hands the gate float32 maps next to a half x: each gradient keeps its input's dtype."""
+    x, mc, ms, combine = make_inputs(SHAPE, "sum", dtype, map_dtype=torch.float32, device=device)
+    check_all(x, mc, ms, combine, True, SMALL_FWD, SMALL_BWD)
+    _, gmc, gms = run_bwd(torch.randn_like(x), x, mc, ms, combine, True, SMALL_BWD)
+    assert gmc.dtype == gms.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_int64_offsets(layout, device):
+    """The 64-bit offset path (taken at numel ≥ 2³¹) computes the same thing, forced on a small map."""
+    x, mc, ms, combine = make_inputs(SHAPE, "product", torch.float32, LAYOUTS[layout], device=device)
+    check_all(x, mc, ms, combine, True, {**SMALL_FWD, "INT64": True}, {**SMALL_BWD, "INT64": True})
+
+
+@pytest.mark.parametrize("c_splits", [1, 2, 3, 5])
+def test_c_split_uneven(c_splits, device):
+    """Splits that do not divide C, including more splits requested than BLOCK_C chunks exist."""
+    x, mc, ms, combine = make_inputs((2, 19, 3, 6), "sum", torch.float32, device=device)
+    check_all(x, mc, ms, combine, True, SMALL_FWD, {**SMALL_BWD, "C_SPLITS": c_splits})
+
+
+def test_gradient_for_g_in_other_layout(device):
+    """g arriving contiguous for a channels_last x goes through the public op unchanged in value."""
+    import bam_fused
+
+    x, mc, ms, combine = make_inputs(SHAPE, "sum", torch.float32, True, device=device)
+    x.requires_grad_()
+    y = bam_fused.bam_gate(x, mc, ms, backend="triton")
+    g = torch.randn(y.shape, device=device)  # contiguous
+    (gx,) = torch.autograd.grad(y, x, g)
+    _, (gx_ref, _, _) = reference64(x, mc, ms, combine, True, g)
+    assert_close(gx, gx_ref, "gx")
+
+
+def test_empty_batch(device):
+    x, mc, ms, combine = make_inputs((0, 4, 3, 3), "sum", torch.float32, device=device)
+    y = run_fwd(x, mc, ms, combine, True)
+    assert y.shape == x.shape
+    gx, gmc, gms = gate_bwd(torch.randn_like(x), x, mc, _flat(ms), combine="sum", residual=True)
+    assert gx.shape == x.shape and gmc.shape == (0, 4) and gms.shape == (0, 9)
+
+
+def test_deterministic(device):
+    """Two backward runs with a c-split are bitwise equal (no atomics, fixed reduction order)."""
+    x, mc, ms, combine = make_inputs((2, 37, 6, 6), "sum", torch.float32, device=device)
+    g = torch.randn_like(x)
+    cfg = {**SMALL_BWD, "C_SPLITS": 4}
+    first = gate_bwd(g, x, mc, _flat(ms), combine=combine, residual=True, config=cfg)
+    second = gate_bwd(g, x, mc, _flat(ms), combine=combine, residual=True, config=cfg)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["sum", "product", "max"])
+def test_nan_and_inf_stay_where_they_belong(mode, device):
+    """A NaN in x spoils exactly its own output and the map gradients it feeds, nothing else;
+    an inf in ms gives the reference's numbers everywhere (0 · inf must not leak from masks)."""
+    x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float32, device=device)
+    x[1, 3, 2, 4] = float("nan")
+    ms[0, 1, 1] = float("inf")
+    ms[0, 2, 2] = float("-inf")
+    y = run_fwd(x, mc, ms, combine, True, SMALL_FWD)
+    g = torch.randn_like(y)
+    y_ref, grads_ref = reference64(x, mc, ms, combine, True, g)
+    got = (y,) + run_bwd(g, x, mc, ms, combine, True, SMALL_BWD)
+    want = (y_ref,) + grads_ref
+    for name, a, b in zip(("y", "gx", "gmc", "gms"), got, want):
+        torch.testing.assert_close(a.double().cpu(), b, equal_nan=True, atol=1e-5, rtol=1e-5, msg=name)
+    assert torch.isnan(y).sum() == 1 and torch.isnan(y[1, 3, 2, 4])
+
+
+def test_max_ties_split_like_torch_maximum(device):
+    """Where mc == ms each side gets half the gradient, as torch.maximum's backward."""
+    x, mc, ms, combine = make_inputs((1, 3, 2, 2), "max", torch.float32, device=device)
+    ms[0] = mc[0, 0]  # channel 0 ties everywhere
+    check_all(x, mc, ms, combine, True, SMALL_FWD, SMALL_BWD)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 2), c=st.integers(1, 24), h=st.integers(1, 9), w=st.integers(1, 9),
+    mode=st.sampled_from(sorted(MODES)), channels_last=st.booleans(), residual=st.booleans(),
+    block_c=st.sampled_from([1, 2, 8, 32]), block_hw=st.sampled_from([1, 4, 16, 64]), c_splits=st.integers(1, 4),
+)  # fmt: skip
+def test_random_shapes_and_blocks(n, c, h, w, mode, channels_last, residual, block_c, block_hw, c_splits, device):
+    x, mc, ms, combine = make_inputs((n, c, h, w), mode, torch.float32, channels_last, device=device)
+    fwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw}
+    bwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "C_SPLITS": c_splits}
+    check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg)
+
+
+def test_heuristics_cover_the_resnet_shapes():
+    """Configs for tiny to large maps: power-of-2 blocks, the tile bounded, the grid filled."""
+    for (c, hw), cl, size in itertools.product(
+        [(1, 1), (64, 49), (256, 3136), (1024, 196), (64, 12544)], [False, True], [2, 4, 8]
+    ):
+        f = fwd_config(c, hw, cl, size)
+        b = bwd_config(64, c, hw, cl, size, num_sms=132)
+        for cfg in (f, b):
+            for key in ("BLOCK_C", "BLOCK_HW"):
+                assert cfg[key] & (cfg[key] - 1) == 0, (c, hw, cfg)
+            assert cfg["BLOCK_C"] * cfg["BLOCK_HW"] * size <= 16384
+        programs = 64 * -(-hw // b["BLOCK_HW"]) * split_count(c, b)[1]
+        assert programs >= min(4 * 132, 64 * -(-hw // b["BLOCK_HW"]) * -(-c // b["BLOCK_C"])), (c, hw, b)
