@@ -57,3 +57,19 @@ def bam_gate(x, mc=None, ms=None, combine: str = "sum", residual: bool = True) -
 
 def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+
+def released_code_gate(x, mc=None, ms=None, combine: str = "product", residual: bool = True) -> torch.Tensor:
+    """The gate as eager code usually writes it, the released code's way: expand both maps to
+    x's shape, combine, sigmoid, add 1, multiply — each step a full-size pass in x's dtype.
+
+    The baseline that the benchmarks and ``python -m bam_fused`` compare against. Shapes as
+    :func:`bam_gate`.
+    """
+    # Broadcasting the maps is the same TensorIterator pass as expand_as: one full-size tensor.
+    a = gate_preactivation(
+        mc.to(x.dtype) if mc is not None else None, ms.to(x.dtype) if ms is not None else None, combine
+    )
+    att = torch.sigmoid(a)
+    return (1 + att) * x if residual else att * x

@@ -90,7 +90,8 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
         with open(src, "w") as f:
             f.write(ptx)
         proc = subprocess.run(
-            [get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o", os.path.join(tmp, "k.cubin")],
+            [get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}", src,
+             "-o", os.path.join(tmp, "k.cubin")],  # fmt: skip
             capture_output=True,
             text=True,
             check=True,

@@ -56,7 +56,9 @@ def assert_close(actual, expected, name=""):
     """``actual`` (any dtype/device) against a float64 ``expected`` within ``actual``'s tolerance."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert not torch.isnan(actual).any(), f"{name}: NaN in output (unwritten or wrong element)"
-    torch.testing.assert_close(actual.detach().cpu().double(), expected, **TOL[actual.dtype], msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(
+        actual.detach().cpu().double(), expected, **TOL[actual.dtype], msg=lambda m: f"{name}: {m}"
+    )
 
 
 def poisoned_like(t, dtype=None):

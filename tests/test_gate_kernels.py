@@ -9,11 +9,10 @@ import itertools
 
 import pytest
 import torch
+from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_bwd, launch_gate_fwd, split_count
 from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_bwd, launch_gate_fwd, split_count
 
 LAYOUTS = {"nchw": False, "channels_last": True}
 # Ragged on purpose: C and HW are not multiples of the blocks below.

@@ -1,0 +1,150 @@
+"""``python -m bam_fused``: check FusedBAM against BAM and time the gate, on whatever is here.
+
+On CUDA: on the ResNet-50 BAM shapes (bf16, channels_last), checks FusedBAM against BAM and
+prints ms, GB/s and speed-ups of the gate forward+backward for the released-code-style eager
+gate, torch.compile of it, and the fused kernels. On CPU: runs the Triton kernels through
+the interpreter on small shapes to show they agree with the reference, times the CPU path
+against the eager gate, and says that GPU timings need CUDA.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:  # must precede the first import of triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import bam_fused  # noqa: E402
+from bam_fused import BAM, FusedBAM, bam_gate, reference  # noqa: E402
+
+RESNET50_SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)]
+CPU_CHECK_SHAPES = [(2, 64, 7, 7), (2, 32, 5, 13), (1, 16, 1, 1)]
+CPU_TIMING_SHAPE = (8, 256, 28, 28)
+
+
+def _maps(x):
+    n, c, h, w = x.shape
+    mc = torch.randn(n, c, device=x.device, dtype=x.dtype, requires_grad=True)
+    ms = torch.randn(n, h, w, device=x.device, dtype=x.dtype, requires_grad=True)
+    return mc, ms
+
+
+def _max_rel_err(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def check_modules(shape, device, dtype) -> float:
+    """Relative error of FusedBAM against BAM (same weights, train mode) over output and input grad."""
+    c = shape[1]
+    eager = BAM(c).to(device)
+    fused = FusedBAM(c).to(device)
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(shape, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    errs = []
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        outs = [m(x) for m in (eager, fused)]
+    g = torch.randn_like(outs[0])
+    grads = [torch.autograd.grad(o, x, g)[0] for o in outs]
+    errs.append(_max_rel_err(outs[1], outs[0]))
+    errs.append(_max_rel_err(grads[1], grads[0]))
+    return max(errs)
+
+
+def time_cuda(fn, rep_ms=200) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, rep=rep_ms, return_mode="median")
+
+
+def time_cpu(fn, reps=5) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def gate_fwd_bwd(gate, x, mc, ms):
+    """One forward and backward of ``gate`` with a fresh upstream gradient's worth of work."""
+
+    def run():
+        y = gate(x, mc, ms)
+        torch.autograd.grad(y, (x, mc, ms), torch.ones_like(y))
+
+    return run
+
+
+def main_cuda(args) -> int:
+    device = torch.device("cuda")
+    dtype = torch.bfloat16
+    print(f"bam_fused {bam_fused.__version__} on {torch.cuda.get_device_name()} — torch {torch.__version__}")
+    print("\nFusedBAM vs BAM (bf16 autocast, channels_last, train mode): relative error, output and grad")
+    for shape in RESNET50_SHAPES:
+        print(f"  {str(shape):<22} {check_modules(shape, device, dtype):.2e}")
+
+    eager = lambda x, mc, ms: reference.released_code_gate(x, mc, ms, "product")
+    compiled = torch.compile(eager)
+    fused = lambda x, mc, ms: bam_gate(x, mc, ms, combine="product")
+    print("\nGate forward+backward (product, bf16, channels_last): median ms, GB/s over the minimum traffic")
+    print(f"  {'shape':<22} {'eager':>14} {'compiled':>14} {'fused':>14} {'vs eager':>9} {'vs compiled':>12}")
+    for shape in RESNET50_SHAPES:
+        x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        x.requires_grad_()
+        mc, ms = _maps(x)
+        # forward: read x, write y; backward: read g and x, write gx (the small maps are noise)
+        traffic = 5 * x.numel() * x.element_size()
+        ms_ = {name: time_cuda(gate_fwd_bwd(fn, x, mc, ms)) for name, fn in
+               (("eager", eager), ("compiled", compiled), ("fused", fused))}  # fmt: skip
+        cells = "".join(f"{ms_[k]:>7.3f} {traffic / ms_[k] / 1e6:>6.0f}" for k in ("eager", "compiled", "fused"))
+        print(f"  {str(shape):<22} {cells} {ms_['eager'] / ms_['fused']:>8.2f}x "
+              f"{ms_['compiled'] / ms_['fused']:>11.2f}x")  # fmt: skip
+    print("\n(ms and GB/s pairs per provider; full benchmarks: pytest benchmarks/, see README)")
+    return 0
+
+
+def main_cpu(args) -> int:
+    print(f"bam_fused {bam_fused.__version__} — torch {torch.__version__}, no CUDA device")
+    print("\n1. Triton kernels through the interpreter (TRITON_INTERPRET=1) vs the float64 reference")
+    print(f"   {'shape':<18} {'combine':<8} {'|y-ref|/|ref|':>14} {'|grads-ref|/|ref|':>18}")
+    ok = True
+    for shape in CPU_CHECK_SHAPES:
+        for combine in reference.COMBINES:
+            x = torch.randn(shape, dtype=torch.float32, requires_grad=True)
+            mc, ms = _maps(x)
+            y = bam_gate(x, mc, ms, combine=combine, backend="triton")
+            g = torch.randn_like(y)
+            grads = torch.autograd.grad(y, (x, mc, ms), g)
+            ins64 = [t.detach().double().requires_grad_() for t in (x, mc, ms)]
+            y64 = reference.bam_gate(*ins64, combine)
+            grads64 = torch.autograd.grad(y64, ins64, g.double())
+            e_y = _max_rel_err(y, y64)
+            e_g = max(_max_rel_err(a, b) for a, b in zip(grads, grads64))
+            ok &= e_y < 1e-5 and e_g < 1e-5
+            print(f"   {str(shape):<18} {combine:<8} {e_y:>14.1e} {e_g:>18.1e}")
+    print(f"   {'agree' if ok else 'DISAGREE'}")
+
+    print(f"\n2. CPU path (reference) vs the released-code-style eager gate, float32 {CPU_TIMING_SHAPE}, fwd+bwd")
+    x = torch.randn(CPU_TIMING_SHAPE, requires_grad=True)
+    mc, ms = _maps(x)
+    t_eager = time_cpu(gate_fwd_bwd(lambda *a: reference.released_code_gate(*a, "product"), x, mc, ms))
+    t_ours = time_cpu(gate_fwd_bwd(lambda *a: bam_gate(*a, combine="product", backend="reference"), x, mc, ms))
+    print(f"   eager {t_eager:.1f} ms   bam_fused (CPU path) {t_ours:.1f} ms   ({t_eager / t_ours:.2f}x)")
+    print("\nGPU timings need CUDA: run `python -m bam_fused` on a machine with an NVIDIA GPU,")
+    print("or `pytest benchmarks/` for the full suite.")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bam_fused", description=__doc__.split("\n\n")[0])
+    args = parser.parse_args(argv)
+    return main_cuda(args) if CUDA else main_cpu(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

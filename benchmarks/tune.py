@@ -1,0 +1,109 @@
+"""Sweep the gate kernels' block shapes, warps and c-split on a GPU; print and save the table.
+
+    python -m benchmarks.tune [--out FILE.json] [--dtype bf16] [--quick]
+
+For each ResNet-50 BAM shape (batch 64) and layout it times the forward and the backward
+(stage one plus the reduction, as users run it) over a small grid of configurations, next
+to the launch heuristic's own pick, and reports GB/s and % of the copy bandwidth measured in
+the same run. Its output decides the heuristics in ``kernels/gate_fwd.py`` / ``gate_bwd.py``
+(see benchmarks/NOTES.md).
+"""
+
+import argparse
+import itertools
+import json
+import sys
+
+import torch
+from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_fwd
+from bam_fused.kernels.layout import multiprocessor_count, tile_shape
+
+from .bandwidth import copy_gbps, gate_bytes_min
+from .timing import measure
+
+SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def fwd_candidates(C, HW, cl, size):
+    yield "heuristic", fwd_config(C, HW, cl, size)
+    for tile_bytes, warps, max_fast in itertools.product((4096, 8192, 16384, 32768), (4, 8), (256, 1024)):
+        bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
+        yield f"t{tile_bytes}/w{warps}/f{max_fast}", {"BLOCK_C": bc, "BLOCK_HW": bhw, "num_warps": warps}
+
+
+def bwd_candidates(N, C, HW, cl, size, sms):
+    yield "heuristic", bwd_config(N, C, HW, cl, size, sms)
+    for tile_bytes, warps, max_fast, per_sm in itertools.product(
+        (4096, 8192, 16384), (4, 8), (128, 256), (2, 4, 8)
+    ):
+        bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
+        programs = N * -(-HW // bhw)
+        splits = max(1, min(-(-C // bc), -(-per_sm * sms // programs)))
+        yield (f"t{tile_bytes}/w{warps}/f{max_fast}/p{per_sm}",
+               {"BLOCK_C": bc, "BLOCK_HW": bhw, "C_SPLITS": splits, "num_warps": warps})  # fmt: skip
+
+
+def run_fn(op, cfg, x, mc, ms, y, g):
+    """A closure running one op with one config (sum, residual) on fixed buffers."""
+    if op == "gate_fwd":
+        return lambda: launch_gate_fwd(x, mc, ms, y, combine="sum", residual=True, config=cfg)
+    return lambda: gate_bwd(g, x, mc, ms, combine="sum", residual=True, config=cfg)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write all timings here as JSON")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--quick", action="store_true", help="the first shape only (smoke runs)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype]
+    size = torch.empty(0, dtype=dtype).element_size()
+    roof = copy_gbps(device)
+    sms = multiprocessor_count(device)
+    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}  copy {roof:.0f} GB/s")
+    records = []
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    if device.type != "cuda":
+        shapes = [(2, 32, 8, 8)]
+    for shape, cl in itertools.product(shapes, (False, True)):
+        N, C, H, W = shape
+        HW = H * W
+        x = torch.randn(shape, device=device, dtype=dtype)
+        if cl:
+            x = x.to(memory_format=torch.channels_last)
+        g = torch.randn_like(x)
+        mc = torch.randn(N, C, device=device, dtype=dtype)
+        ms = torch.randn(N, HW, device=device, dtype=dtype)
+        y = torch.empty_like(x)
+        layout = "channels_last" if cl else "nchw"
+        for op, cands in (("gate_fwd", fwd_candidates(C, HW, cl, size)),
+                          ("gate_bwd", bwd_candidates(N, C, HW, cl, size, sms))):  # fmt: skip
+            best = None
+            for name, cfg in cands:
+                fn = run_fn(op, cfg, x, mc, ms, y, g)
+                fn()
+                t = measure(fn, device, warmup_ms=5, rep_ms=25)
+                gbps = gate_bytes_min(op, shape, size) / (t.ms_median * 1e-3) / 1e9
+                rec = {"op": op, "shape": list(shape), "layout": layout, "dtype": args.dtype, "config": name,
+                       **cfg, "ms_median": t.ms_median, "ms_iqr": t.ms_iqr, "gbps": gbps,
+                       "pct_copy_bw": 100 * gbps / roof}  # fmt: skip
+                records.append(rec)
+                if name == "heuristic":
+                    heur = rec
+                if best is None or rec["ms_median"] < best["ms_median"]:
+                    best = rec
+            print(f"{op:<9} {layout:<13} {str(shape):<20} heuristic {heur['pct_copy_bw']:5.1f}% "
+                  f"({heur['ms_median']:.4f} ms)  best {best['pct_copy_bw']:5.1f}% ({best['ms_median']:.4f} ms) "
+                  f"{best['config']} {best['BLOCK_C']}x{best['BLOCK_HW']} "
+                  f"splits={best.get('C_SPLITS', '-')}")  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"copy_gbps": roof, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                       "records": records}, f, indent=1)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""BAM and FusedBAM: same numbers, same state_dict, both variants; released checkpoints load;
+convert_to_fused swaps in place; bad arguments fail early and clearly."""
+
+import pytest
+import torch
+from released_bam import BAM as ReleasedBAM
+from torch import nn
+
+from bam_fused import BAM, FusedBAM, convert_to_fused
+
+OFFICIAL_KEYS = {
+    f"channel_att.gate_c.{k}"
+    for k in [
+        "gate_c_fc_0.weight", "gate_c_fc_0.bias", "gate_c_bn_1.weight", "gate_c_bn_1.bias",
+        "gate_c_bn_1.running_mean", "gate_c_bn_1.running_var", "gate_c_bn_1.num_batches_tracked",
+        "gate_c_fc_final.weight", "gate_c_fc_final.bias",
+    ]
+} | {
+    f"spatial_att.gate_s.{k}"
+    for k in ["gate_s_conv_reduce0.weight", "gate_s_conv_reduce0.bias", "gate_s_conv_final.weight",
+              "gate_s_conv_final.bias"]
+    + [f"gate_s_bn_reduce0.{b}" for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    + [f"gate_s_conv_di_{i}.{p}" for i in (0, 1) for p in ("weight", "bias")]
+    + [f"gate_s_bn_di_{i}.{b}" for i in (0, 1)
+       for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+}  # fmt: skip
+BN_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+PAPER_EXTRA = {f"channel_att.gate_c.gate_c_bn_final.{b}" for b in BN_BUFFERS} | {
+    f"spatial_att.gate_s.gate_s_bn_final.{b}" for b in BN_BUFFERS
+}
+
+
+def _randomize_bn(module):
+    """Non-trivial BN statistics and affine parameters, so eval mode is a real test."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+def _grads(module, x, g):
+    x = x.clone().requires_grad_()
+    y = module(x)
+    y.backward(g)
+    return y.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+def test_state_dict_keys():
+    assert set(BAM(64, variant="official").state_dict()) == OFFICIAL_KEYS
+    assert set(BAM(64).state_dict()) == OFFICIAL_KEYS | PAPER_EXTRA
+    assert set(FusedBAM(64).state_dict()) == OFFICIAL_KEYS | PAPER_EXTRA
+    assert BAM(64, variant="official").combine == "product" and BAM(64).combine == "sum"
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("combine", [None, "max"])
+def test_fused_matches_eager(variant, combine, training, device):
+    eager = BAM(32, 4, dilation_val=2, variant=variant, combine=combine).to(device)
+    _randomize_bn(eager)
+    fused = FusedBAM(32, 4, dilation_val=2, variant=variant, combine=combine, backend="triton").to(device)
+    fused.load_state_dict(eager.state_dict(), strict=True)
+    eager.train(training)
+    fused.train(training)
+    x = torch.randn(3, 32, 6, 5, device=device)  # non-square on purpose
+    g = torch.randn_like(x)
+    y_e, gx_e, gp_e = _grads(eager, x, g)
+    y_f, gx_f, gp_f = _grads(fused, x, g)
+    torch.testing.assert_close(y_f, y_e, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx_f, gx_e, atol=1e-5, rtol=1e-5)
+    for name in gp_e:
+        torch.testing.assert_close(gp_f[name], gp_e[name], atol=1e-4, rtol=1e-4, msg=name)
+    if training:  # BN running statistics move the same way
+        for (name, b_e), b_f in zip(eager.named_buffers(), fused.buffers()):
+            torch.testing.assert_close(b_f, b_e, msg=name)
+
+
+@pytest.mark.parametrize("branches", ["channel", "spatial"])
+def test_single_branch(branches, device):
+    eager = BAM(16, 4, branches=branches).to(device)
+    fused = FusedBAM(16, 4, branches=branches, backend="triton").to(device)
+    fused.load_state_dict(eager.state_dict())
+    assert all(k.startswith("channel_att" if branches == "channel" else "spatial_att") for k in fused.state_dict())
+    x = torch.randn(2, 16, 4, 4, device=device)
+    torch.testing.assert_close(fused(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_released_code_loads_strictly_into_official(training, device):
+    released = ReleasedBAM(64).to(device)
+    _randomize_bn(released)
+    ours = FusedBAM(64, variant="official", backend="triton").to(device)
+    ours.load_state_dict(released.state_dict(), strict=True)
+    released.train(training)
+    ours.train(training)
+    x = torch.randn(2, 64, 7, 7, device=device)
+    torch.testing.assert_close(ours(x), released(x), atol=1e-5, rtol=1e-5)
+    # The paper variant is a superset: released weights load with strict=False, missing only final BNs.
+    missing, unexpected = BAM(64).load_state_dict(released.state_dict(), strict=False)
+    # (BatchNorm forgives a missing num_batches_tracked, so those two keys are not reported.)
+    assert set(missing) == {k for k in PAPER_EXTRA if "num_batches" not in k} and not unexpected
+
+
+def test_state_dict_round_trip(tmp_path, device):
+    src = FusedBAM(32, 8).to(device)
+    _randomize_bn(src)
+    torch.save(src.state_dict(), tmp_path / "bam.pt")
+    dst = BAM(32, 8).to(device)
+    dst.load_state_dict(torch.load(tmp_path / "bam.pt"), strict=True)
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_convert_to_fused(device):
+    ours = BAM(32, 8)
+    released = ReleasedBAM(64)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 1), ours, nn.Sequential(nn.Conv2d(32, 64, 1), released), nn.ReLU()
+    ).to(device)
+    _randomize_bn(model)
+    model.eval()
+    released.train()  # a mixed tree: each module's own mode must survive
+    x = torch.randn(2, 3, 8, 8, device=device)
+    before = model(x)
+    params_of_ours = {id(p) for p in ours.parameters()}
+    convert_to_fused(model, backend="triton")
+    assert isinstance(model[1], FusedBAM) and isinstance(model[2][1], FusedBAM)
+    assert model[2][1].variant == "official" and model[2][1].combine == "product"
+    assert {id(p) for p in model[1].parameters()} == params_of_ours  # optimizers keep working
+    assert not model[1].training and model[2][1].training
+    released.train()
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    assert isinstance(convert_to_fused(BAM(16, 4)), FusedBAM)
+    assert convert_to_fused(model) is model
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match=r"gate_channel // reduction_ratio.*8 // 16 = 0"):
+        BAM(8)
+    with pytest.raises(ValueError, match="variant.*'released'"):
+        BAM(64, variant="released")
+    with pytest.raises(ValueError, match="combine.*'avg'"):
+        FusedBAM(64, combine="avg")
+    with pytest.raises(ValueError, match="backend.*'cudnn'"):
+        FusedBAM(64, backend="cudnn")
+
+
+def test_wrong_channel_count_fails_before_any_convolution():
+    bam = FusedBAM(32, 8)
+    ran = []
+    bam.spatial_att.gate_s.gate_s_conv_reduce0.register_forward_hook(lambda *a: ran.append(1))
+    bam.channel_att.gate_c.gate_c_fc_0.register_forward_hook(lambda *a: ran.append(1))
+    with pytest.raises(ValueError, match=r"\(N, 32, H, W\).*\(2, 16, 4, 4\)"):
+        bam(torch.randn(2, 16, 4, 4))
+    with pytest.raises(ValueError, match=r"\(2, 32, 4\)"):
+        bam(torch.randn(2, 32, 4))
+    assert not ran
+
+
+def test_empty_batch_and_one_by_one_map(device):
+    fused = FusedBAM(16, 4, backend="triton").to(device).eval()
+    _randomize_bn(fused)
+    eager = BAM(16, 4).to(device).eval()
+    eager.load_state_dict(fused.state_dict())
+    assert fused(torch.randn(0, 16, 5, 5, device=device)).shape == (0, 16, 5, 5)
+    x = torch.randn(2, 16, 1, 1, device=device)
+    torch.testing.assert_close(fused(x), eager(x), atol=1e-5, rtol=1e-5)
