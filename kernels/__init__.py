@@ -1,12 +1,21 @@
 """Triton kernels of the fused BAM gate and their launchers (no nn.Module code here).
 
 ``gate_fwd``: :func:`launch_gate_fwd` / :data:`gate_fwd_kernel`;
-``gate_bwd``: :func:`gate_bwd`, :func:`launch_gate_bwd` / :data:`gate_bwd_kernel`;
+``gate_bwd``: :func:`gate_bwd` = :func:`launch_gate_bwd` (:data:`gate_bwd_kernel`) then
+:func:`launch_gate_bwd_reduce` (:data:`gate_bwd_reduce_kernel`);
 ``gate_math``: the element-wise formula both share; ``layout``: strides and tile shapes;
 ``inspect``: ahead-of-time compilation to PTX without a GPU.
 """
 
-from .gate_bwd import bwd_config, gate_bwd, gate_bwd_kernel, launch_gate_bwd, split_count
+from .gate_bwd import (
+    bwd_config,
+    gate_bwd,
+    gate_bwd_kernel,
+    gate_bwd_reduce_kernel,
+    launch_gate_bwd,
+    launch_gate_bwd_reduce,
+    split_count,
+)
 from .gate_fwd import fwd_config, gate_fwd_kernel, launch_gate_fwd
 
 __all__ = [
@@ -14,8 +23,10 @@ __all__ = [
     "fwd_config",
     "gate_bwd",
     "gate_bwd_kernel",
+    "gate_bwd_reduce_kernel",
     "gate_fwd_kernel",
     "launch_gate_bwd",
+    "launch_gate_bwd_reduce",
     "launch_gate_fwd",
     "split_count",
 ]

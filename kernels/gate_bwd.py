@@ -7,8 +7,8 @@
 One program per (n, hw-block, c-split) walks its channels in BLOCK_C chunks: it writes gx,
 keeps the gms sum of its hw-block in registers across the walk and writes each chunk's gmc
 sum over its hw-block. Both sums leave the kernel as partials — gmc as [N, C, hw-blocks],
-gms as [N, c-splits, HW] — and are reduced afterwards in a fixed order, so the result is
-bitwise reproducible (no float atomics). The c-split fills the GPU at small maps, where
+gms as [N, c-splits, HW] — and a second small kernel reduces both in one launch in a fixed
+order, so the result is bitwise reproducible (no float atomics). The c-split fills the GPU at small maps, where
 N · hw-blocks alone is too few programs.
 """
 
@@ -86,6 +86,37 @@ def gate_bwd_kernel(
         tl.store(gms_part_ptr + (n * num_c_splits + pid_cs) * HW + hw, gms_acc, mask=hw_mask)
 
 
+@triton.jit
+def _sum_middle_axis(part_ptr, out_ptr, start, total, P, B, BLOCK: tl.constexpr):
+    """out[a, b] = Σ_p part[a, p, b] for the BLOCK flat outputs from ``start``, p in order."""
+    o = start + tl.arange(0, BLOCK)
+    mask = o < total
+    a = o // B
+    base = a * P * B + (o - a * B)
+    acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    for p in range(P):
+        acc += tl.load(part_ptr + base + p * B, mask=mask, other=0.0)
+    tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gate_bwd_reduce_kernel(
+    gmc_part_ptr, gmc_ptr, gmc_total, num_hw_blocks, gmc_programs,
+    gms_part_ptr, gms_ptr, gms_total, num_c_splits, HW,
+    HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Stage two: both partial sums reduced in one launch, in a fixed order, cast to the maps' dtypes.
+
+    Programs [0, gmc_programs) sum gmc_part [N·C, hw-blocks] over hw-blocks; the rest sum
+    gms_part [N, c-splits, HW] over c-splits.
+    """
+    pid = tl.program_id(0)
+    if HAS_MC and pid < gmc_programs:
+        _sum_middle_axis(gmc_part_ptr, gmc_ptr, pid * BLOCK, gmc_total, num_hw_blocks, 1, BLOCK)
+    elif HAS_MS:
+        _sum_middle_axis(gms_part_ptr, gms_ptr, (pid - gmc_programs) * BLOCK, gms_total, num_c_splits, HW, BLOCK)
+
+
 def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, num_sms: int) -> dict:
     """Block shape, c-split and warps for the backward.
 
@@ -110,8 +141,9 @@ def launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, *, combine: str, resid
     """Stage one of the backward: write ``gx`` and the gmc/gms partial sums.
 
     Shapes: g, x, gx (N, C, H, W) with x's strides; mc (N, C), ms (N, H·W) contiguous or None;
-    gmc_part (N, C, cdiv(HW, BLOCK_HW)) and gms_part (N, C_SPLITS', HW) in the compute dtype,
-    where C_SPLITS' = :func:`split_count` (config). ``config`` as returned by :func:`bwd_config`.
+    gmc_part (N, C, cdiv(HW, BLOCK_HW)) and gms_part (N, C_SPLITS', HW) in the compute dtype
+    (None where the map is None), where C_SPLITS' = :func:`split_count` (config). ``config`` as
+    returned by :func:`bwd_config`.
     """
     N, C, H, W = x.shape
     HW = H * W
@@ -122,7 +154,8 @@ def launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, *, combine: str, resid
     c_per_split, num_c_splits = split_count(C, config)
     grid = (N * num_hw_blocks * num_c_splits,)
     gate_bwd_kernel[grid](
-        g, x, mc if mc is not None else x, ms if ms is not None else x, gx, gmc_part, gms_part,
+        g, x, mc if mc is not None else x, ms if ms is not None else x, gx,
+        gmc_part if mc is not None else gx, gms_part if ms is not None else gx,
         C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_hw_blocks, num_c_splits, c_per_split,
         COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None,
         RESIDUAL=residual, BLOCK_C=config["BLOCK_C"], BLOCK_HW=config["BLOCK_HW"],
@@ -138,23 +171,49 @@ def split_count(C: int, config: dict) -> tuple[int, int]:
     return c_per_split, triton.cdiv(C, c_per_split)
 
 
+def launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block: int = 1024):
+    """Stage two of the backward: ``gmc = gmc_part.sum(-1)``, ``gms = gms_part.sum(1)`` in one launch.
+
+    Shapes: gmc_part (N, C, hw-blocks) → gmc (N, C); gms_part (N, c-splits, HW) → gms (N, HW);
+    either pair may be None. The outputs take their own dtypes (the maps').
+    """
+    gmc_total = gmc.numel() if gmc is not None else 0
+    gms_total = gms.numel() if gms is not None else 0
+    gmc_programs = triton.cdiv(gmc_total, block)
+    grid = (gmc_programs + triton.cdiv(gms_total, block),)
+    if grid[0] == 0:
+        return
+    ref = gmc if gmc is not None else gms
+    gate_bwd_reduce_kernel[grid](
+        gmc_part if gmc is not None else ref, gmc if gmc is not None else ref, gmc_total,
+        gmc_part.shape[-1] if gmc is not None else 0, gmc_programs,
+        gms_part if gms is not None else ref, gms if gms is not None else ref, gms_total,
+        gms_part.shape[1] if gms is not None else 0, gms_part.shape[-1] if gms is not None else 1,
+        HAS_MC=gmc is not None, HAS_MS=gms is not None, BLOCK=block, num_warps=4,
+    )  # fmt: skip
+
+
 def gate_bwd(g, x, mc, ms, *, combine: str, residual: bool, config: dict | None = None):
     """Gradients of the gate: returns ``(gx, gmc, gms)``, gmc/gms None where mc/ms is None.
 
     Shapes as :func:`launch_gate_bwd`; g must have x's strides. gx has x's dtype, gmc/gms
-    the dtypes of mc/ms. The partial sums are reduced with ``torch.sum`` (fixed order).
+    the dtypes of mc/ms. Two launches: stage one, then the fixed-order reduction.
     """
     N, C, H, W = x.shape
     HW = H * W
     cfg = config or bwd_config(N, C, HW, gate_layout(x).channels_last, x.element_size(),
                                multiprocessor_count(x.device))  # fmt: skip
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    num_hw_blocks = triton.cdiv(HW, cfg["BLOCK_HW"]) if HW else 0
+    num_hw_blocks = triton.cdiv(HW, cfg["BLOCK_HW"])
     num_c_splits = split_count(C, cfg)[1] if C else 0
     gx = torch.empty_like(x)
-    gmc_part = torch.empty((N, C, num_hw_blocks) if mc is not None else (0,), device=x.device, dtype=acc_dtype)
-    gms_part = torch.empty((N, num_c_splits, HW) if ms is not None else (0,), device=x.device, dtype=acc_dtype)
+    gmc_part = gms_part = gmc = gms = None
+    if mc is not None:
+        gmc_part = torch.empty((N, C, num_hw_blocks), device=x.device, dtype=acc_dtype)
+        gmc = torch.empty((N, C), device=x.device, dtype=mc.dtype)
+    if ms is not None:
+        gms_part = torch.empty((N, num_c_splits, HW), device=x.device, dtype=acc_dtype)
+        gms = torch.empty((N, HW), device=x.device, dtype=ms.dtype)
     launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, combine=combine, residual=residual, config=cfg)
-    gmc = gmc_part.sum(-1).to(mc.dtype) if mc is not None else None
-    gms = gms_part.sum(1).to(ms.dtype) if ms is not None else None
+    launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms)
     return gx, gmc, gms

@@ -3,8 +3,9 @@
     python -m bam_fused.kernels.inspect --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
 
 For every kernel at representative specialisations (each combine mode, channel-only and
-spatial-only, the block shapes the launch heuristics pick for a ResNet-50 BAM map), it prints
-whether the global loads and stores of x/y/g/gx are 128-bit, the registers, spills and shared
+spatial-only, the block shapes the launch heuristics pick for a ResNet-50 BAM map; the
+backward's reduction once), it prints whether the global loads and stores are 128-bit (the
+reduction's strided partial loads are not meant to be), the registers, spills and shared
 memory, and writes the PTX to DIR. Specialisation follows a real launch: pointers and sizes
 divisible by 16 are marked so, strides equal to 1 become constants — without that nothing
 vectorises. Runs with TRITON_INTERPRET unset (the interpreter has no compiler).
@@ -114,7 +115,7 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .gate_bwd import bwd_config, gate_bwd_kernel, split_count
+    from .gate_bwd import bwd_config, gate_bwd_kernel, gate_bwd_reduce_kernel, split_count
     from .gate_fwd import fwd_config, gate_fwd_kernel
     from .gate_math import COMBINE_CODES
 
@@ -141,8 +142,18 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
              {"g_ptr": dtype, "x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "gx_ptr": dtype,
               "gmc_part_ptr": compute, "gms_part_ptr": compute}),
         ]  # fmt: skip
+        if mode == "sum":  # stage two of the backward does not depend on the mode
+            jobs.append((
+                "gate_bwd_reduce_kernel", gate_bwd_reduce_kernel, {"BLOCK": 1024, "num_warps": 4},
+                {"gmc_total": N * C, "num_hw_blocks": bwd_args["num_hw_blocks"], "gmc_programs": N * C // 1024,
+                 "gms_total": N * HW, "num_c_splits": c_splits, "HW": HW},
+                {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype},
+            ))  # fmt: skip
         for name, fn, cfg, args, ptrs in jobs:
-            constexprs = {**common, "BLOCK_C": cfg["BLOCK_C"], "BLOCK_HW": cfg["BLOCK_HW"]}
+            if "BLOCK" in cfg:
+                constexprs = {"HAS_MC": has_mc, "HAS_MS": has_ms, "BLOCK": cfg["BLOCK"]}
+            else:
+                constexprs = {**common, "BLOCK_C": cfg["BLOCK_C"], "BLOCK_HW": cfg["BLOCK_HW"]}
             signature, consts, attrs = _specialise(fn, args, constexprs, ptrs)
             src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
             compiled = triton.compile(src, target=target, options={"num_warps": cfg["num_warps"]})
@@ -155,7 +166,8 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
             stores_128, stores = _count(ptx, "st")
             regs, spills = _ptxas_report(ptx, arch)
             reports.append(KernelReport(
-                name, mode, dtype, layout, f"{cfg['BLOCK_C']}x{cfg['BLOCK_HW']}/w{cfg['num_warps']}",
+                name, mode, dtype, layout,
+                f"{cfg.get('BLOCK_C', cfg.get('BLOCK'))}x{cfg.get('BLOCK_HW', 1)}/w{cfg['num_warps']}",
                 loads_128, loads, stores_128, stores, regs, spills, compiled.metadata.shared,
             ))  # fmt: skip
     return reports
@@ -176,10 +188,10 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps([asdict(r) | {"wide": r.wide} for r in reports], indent=1))
         return 0
-    print(f"{'kernel':<16} {'mode':<13} {'dtype':<5} {'layout':<13} {'block':<14} "
+    print(f"{'kernel':<23} {'mode':<13} {'dtype':<5} {'layout':<13} {'block':<14} "
           f"{'ld128/ld':>8} {'st128/st':>8} {'regs':>5} {'spill':>5} {'smem':>6}  128-bit")  # fmt: skip
     for r in reports:
-        print(f"{r.kernel:<16} {r.mode:<13} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
+        print(f"{r.kernel:<23} {r.mode:<13} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
               f"{r.loads_128:>3}/{r.loads_total:<4} {r.stores_128:>3}/{r.stores_total:<4} {r.registers:>5} "
               f"{r.spill_bytes:>5} {r.shared_bytes:>6}  {'yes' if r.wide else 'NO'}")  # fmt: skip
     return 0

@@ -9,7 +9,15 @@ import itertools
 
 import pytest
 import torch
-from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_bwd, launch_gate_fwd, split_count
+from bam_fused.kernels import (
+    bwd_config,
+    fwd_config,
+    gate_bwd,
+    launch_gate_bwd,
+    launch_gate_bwd_reduce,
+    launch_gate_fwd,
+    split_count,
+)
 from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,9 +51,14 @@ def run_bwd(g, x, mc, ms, combine, residual, config):
     launch_gate_bwd(g, x, mc, _flat(ms), gx, gmc_part if mc is not None else None,
                     gms_part if ms is not None else None, combine=combine, residual=residual,
                     config=config)  # fmt: skip
-    gmc = gmc_part.sum(-1).to(mc.dtype) if mc is not None else None
-    gms = gms_part.sum(1).view(N, H, W).to(ms.dtype) if ms is not None else None
-    return gx, gmc, gms
+    gmc = torch.full((N, C), float("nan"), dtype=mc.dtype, device=x.device) if mc is not None else None
+    gms = torch.full((N, H * W), float("nan"), dtype=ms.dtype, device=x.device) if ms is not None else None
+    launch_gate_bwd_reduce(gmc_part if mc is not None else None, gmc, gms_part if ms is not None else None, gms)
+    if gmc is not None:  # stage two is the fixed-order sum of stage one's partials
+        torch.testing.assert_close(gmc, gmc_part.sum(-1).to(mc.dtype), equal_nan=True)
+    if gms is not None:
+        torch.testing.assert_close(gms, gms_part.sum(1).to(ms.dtype), equal_nan=True)
+    return gx, gmc, gms.view(N, H, W) if gms is not None else None
 
 
 def check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg):
@@ -130,6 +143,26 @@ def test_empty_batch(device):
     assert y.shape == x.shape
     gx, gmc, gms = gate_bwd(torch.randn_like(x), x, mc, _flat(ms), combine="sum", residual=True)
     assert gx.shape == x.shape and gmc.shape == (0, 4) and gms.shape == (0, 9)
+
+
+@pytest.mark.parametrize("block", [1, 16, 1024])
+def test_reduce_kernel_against_torch_sum(block, device):
+    """Stage two alone, with outputs poisoned: ragged blocks, one partial, zero partials (C = 0)."""
+    for parts_c, parts_s, n, c, hw in [(3, 2, 2, 5, 7), (1, 1, 1, 1, 1), (4, 0, 2, 0, 6)]:
+        gmc_part = torch.randn(n, c, parts_c, device=device)
+        gms_part = torch.randn(n, parts_s, hw, device=device)
+        gmc = torch.full((n, c), float("nan"), dtype=torch.bfloat16, device=device)
+        gms = torch.full((n, hw), float("nan"), device=device)
+        launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block=block)
+        # one bf16 ulp: the interpreter truncates the cast where torch rounds to nearest
+        torch.testing.assert_close(gmc, gmc_part.sum(-1).bfloat16(), atol=0, rtol=2**-7)
+        torch.testing.assert_close(gms, gms_part.sum(1), atol=1e-6, rtol=1e-6)
+
+
+def test_zero_channels_give_zero_spatial_gradient(device):
+    x, mc, ms, combine = make_inputs((2, 0, 3, 3), "spatial", torch.float32, device=device)
+    gx, gmc, gms = gate_bwd(torch.randn_like(x), x, None, _flat(ms), combine=combine, residual=True)
+    assert gx.shape == x.shape and gmc is None and torch.equal(gms, torch.zeros(2, 9, device=device))
 
 
 def test_deterministic(device):
