@@ -274,9 +274,7 @@ def run_epoch(model, loader, ddp: Dist, args, optimizer=None, scheduler=None, sc
             seen += n
             if bar is not None:
                 rate = seen * ddp.world_size / (time.perf_counter() - start)
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=int(rate)
-                )
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=int(rate))
                 bar.update(1)
     if bar is not None:
         bar.close()
@@ -457,8 +455,7 @@ def write_ablation(out: Path, results: list[dict], args) -> None:
         f"# BAM ablation (paper Table 1 grid): ResNet-{args.depth}, {args.dataset}"
         f"{' (synthetic)' if args.synthetic else ''}, {args.epochs} epochs",
         "",
-        "| config | d | r | combine | branches | params (M) | best val acc (%) | final val acc (%) "
-        "| final val loss |",
+        "| config | d | r | combine | branches | params (M) | best val acc (%) | final val acc (%) | final val loss |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -34,9 +34,9 @@ def fwd_candidates(C, HW, cl, size):
 
 def bwd_candidates(N, C, HW, cl, size, sms):
     yield "heuristic", bwd_config(N, C, HW, cl, size, sms)
-    for tile_bytes, warps, max_fast, per_sm in itertools.product(
-        (4096, 8192, 16384), (4, 8), (128, 256), (2, 4, 8)
-    ):
+    # channels_last: a narrow c extent keeps the gmc partials [N, C, HW / BLOCK_HW] small
+    fast_widths = (32, 64, 256) if cl else (128, 256, 512)
+    for tile_bytes, warps, max_fast, per_sm in itertools.product((4096, 8192, 16384), (4, 8), fast_widths, (2, 8, 32)):
         bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
         programs = N * -(-HW // bhw)
         splits = max(1, min(-(-C // bc), -(-per_sm * sms // programs)))

@@ -19,6 +19,16 @@ SAME_AUTOCAST_TOL = {torch.bfloat16: dict(rtol=2e-2, atol=2e-2), torch.float16: 
 # Autocast vs float32 eager, as a relative L2 error: the branches themselves run in half precision.
 VS_FP32_REL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 DTYPES = [torch.bfloat16, torch.float16]
+# Biases followed by a train-mode BN (all of them in the paper variant): their true gradient is
+# zero, so what autocast leaves there is rounding noise, not something to compare.
+BIAS_BEFORE_BN = (
+    "fc_0.bias",
+    "fc_final.bias",
+    "conv_reduce0.bias",
+    "conv_di_0.bias",
+    "conv_di_1.bias",
+    "conv_final.bias",
+)
 
 
 def _pair(cls_kwargs=None, channels=64):
@@ -62,12 +72,13 @@ def test_fused_bam_autocast_matches_eager(dtype, memory_format, combine):
     tol = SAME_AUTOCAST_TOL[dtype]
     torch.testing.assert_close(yf, ye, **tol)
     torch.testing.assert_close(gxf, gxe, **tol)
-    for k in gpe:
-        scale = gpe[k].abs().max().clamp_min(1.0)  # relative to the tensor's magnitude
-        torch.testing.assert_close(gpf[k] / scale, gpe[k] / scale, **tol, msg=k)
-    y32, gx32, _ = _run(eager, x, None, memory_format)
+    y32, gx32, gp32 = _run(eager, x, None, memory_format)
     assert _rel(yf, y32) < VS_FP32_REL[dtype]
     assert _rel(gxf, gx32) < VS_FP32_REL[dtype]
+    # Parameter gradients pass back through BN1d over a batch of 2, which turns half-precision
+    # rounding of gmc into large relative changes: fused must be no further from float32 than eager.
+    for k in (k for k in gpe if not k.endswith(BIAS_BEFORE_BN)):
+        assert _rel(gpf[k], gp32[k]) <= 2 * _rel(gpe[k], gp32[k]) + VS_FP32_REL[dtype], k
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -87,9 +87,7 @@ def test_non_strict_official_into_paper():
 def test_shape_mismatch_names_key_and_shapes():
     src = resnet_bam(18, "CIFAR100", 100, attention="bam")
     with pytest.raises(ValueError, match=r"fc\.weight: checkpoint \(100, 512\) vs model \(10, 512\)"):
-        load_released_checkpoint(
-            resnet_bam(18, "CIFAR10", 10, attention="bam"), src.state_dict(), strict=False
-        )
+        load_released_checkpoint(resnet_bam(18, "CIFAR10", 10, attention="bam"), src.state_dict(), strict=False)
 
 
 def test_partly_prefixed_dict_is_not_silently_rewritten():

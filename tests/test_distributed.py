@@ -96,9 +96,7 @@ def test_ddp_gradients_match_single_process(ddp_run, train):
         want = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
     else:
         want = _grads(net, x, y)  # eval-mode BN: the mean of the shards' mean losses is the batch's
-    assert any(k.startswith("3.channel_att") for k in want) and any(
-        k.startswith("3.spatial_att") for k in want
-    )
+    assert any(k.startswith("3.channel_att") for k in want) and any(k.startswith("3.spatial_att") for k in want)
     for rank in range(WORLD):
         got = torch.load(ddp_run / f"grads{rank}_{train}.pt")
         assert got.keys() == want.keys()

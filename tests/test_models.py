@@ -94,9 +94,7 @@ def test_fused_and_eager_and_plain_keys():
     assert plain.bam1 is None and not any(isinstance(m, BAM) for m in plain.modules())
 
 
-@pytest.mark.parametrize(
-    "depth, params", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032), (101, 44_549_160)]
-)
+@pytest.mark.parametrize("depth, params", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032), (101, 44_549_160)])
 def test_plain_parameter_counts_match_standard_resnets(depth, params):
     assert sum(p.numel() for p in resnet_bam(depth, attention=None).parameters()) == params
 

@@ -16,7 +16,7 @@ from bam_fused.train import ablation_grid, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--synthetic", "--synthetic-size", "16", "--image-size", "16", "--batch-size", "4",
+    "--synthetic", "--synthetic-size", "16", "--image-size", "8", "--batch-size", "4",
     "--steps-per-epoch", "2", "--lr", "0.01", "--no-progress",
 ]  # fmt: skip
 
@@ -51,9 +51,7 @@ def test_two_step_run_then_resume(tmp_path):
     assert ckpt2["epoch"] == 2
     assert ckpt2["optimizer"]["state"], "optimizer momentum was saved"
     changed = [
-        k
-        for k, v in ckpt2["state_dict"].items()
-        if v.is_floating_point() and not torch.equal(v, ckpt["state_dict"][k])
+        k for k, v in ckpt2["state_dict"].items() if v.is_floating_point() and not torch.equal(v, ckpt["state_dict"][k])
     ]
     assert changed, "the resumed epoch trained"
 

@@ -20,9 +20,7 @@ def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     every key carries them, so that a partly prefixed dict is reported, not silently altered.
     """
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(
-            f"checkpoint must be a state dict or a checkpoint dict, got {type(checkpoint).__name__}"
-        )
+        raise TypeError(f"checkpoint must be a state dict or a checkpoint dict, got {type(checkpoint).__name__}")
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping):
         raise TypeError(f"checkpoint['state_dict'] must be a mapping, got {type(state).__name__}")
@@ -37,9 +35,7 @@ def extract_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_released_checkpoint(
-    model: nn.Module, path_or_state_dict, strict: bool = True, map_location="cpu"
-) -> dict:
+def load_released_checkpoint(model: nn.Module, path_or_state_dict, strict: bool = True, map_location="cpu") -> dict:
     """Load a released-format checkpoint (or a plain state dict) into ``model``.
 
     Args:
