@@ -19,8 +19,9 @@ import triton.language as tl
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
 from .layout import TILE_BYTES, compute_dtype, gate_layout, multiprocessor_count, tile_shape
 
-# Programs per SM the c-split aims for, so that small maps still fill the GPU.
-PROGRAMS_PER_SM = 4
+# Programs per SM the c-split aims for: enough that small maps fill the GPU and that the last
+# wave of long-running programs is a small fraction of the whole.
+PROGRAMS_PER_SM = 8
 
 
 @triton.jit
@@ -120,12 +121,14 @@ def gate_bwd_reduce_kernel(
 def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, num_sms: int) -> dict:
     """Block shape, c-split and warps for the backward.
 
-    The tile is half the forward's (two inputs and fp32 temporaries live at once), the fast
-    axis at most 256 wide so that gmc partials stay few. The c-split grows until there are
-    PROGRAMS_PER_SM programs per SM, never below one BLOCK_C chunk per split.
+    The tile is half the forward's (two inputs and fp32 temporaries live at once). The gmc
+    partials hold N·C·HW/BLOCK_HW floats, so BLOCK_HW must stay wide: for NCHW hw is the fast
+    axis anyway (up to 256); for channels_last c is, and is held to 64 lanes so that the tile
+    spans 64+ positions. The c-split grows until there are PROGRAMS_PER_SM programs per SM,
+    never below one BLOCK_C chunk per split.
     """
     tile_elems = TILE_BYTES // 2 // element_size
-    block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=256)
+    block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=64 if channels_last else 256)
     programs = N * triton.cdiv(HW, block_hw)
     max_splits = triton.cdiv(C, block_c)
     c_splits = max(1, min(max_splits, triton.cdiv(PROGRAMS_PER_SM * num_sms, max(programs, 1))))
