@@ -1,0 +1,130 @@
+"""The result file: a header describing the machine and one record per measurement.
+
+    {"schema": 1, "device": ..., "torch": ..., "triton": ..., "cuda": ..., "python": ...,
+     "date": ISO-8601, "copy_gbps": float, "quick": bool, "compile_mode": str,
+     "records": [{op, provider, dtype, layout, shape, shape_set, ms_median, ms_iqr, bytes_min,
+                  gbps, pct_copy_bw, speedup_vs_eager, speedup_vs_compiled, peak_mem_bytes,
+                  extra}, ...]}
+
+The file is rewritten after every record, so a run killed by its time guard keeps what it
+measured. Derived fields (gbps, %, speedups) are recomputed on each write from the raw ones.
+"""
+
+import datetime
+import json
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+SCHEMA = 1
+RECORD_FIELDS = (
+    "op", "provider", "dtype", "layout", "shape", "shape_set", "ms_median", "ms_iqr", "bytes_min",
+    "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compiled", "peak_mem_bytes", "extra",
+)  # fmt: skip
+HEADER_FIELDS = ("schema", "device", "torch", "triton", "cuda", "python", "date", "copy_gbps", "quick")
+DEFAULT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def environment(device: torch.device) -> dict:
+    """Device name and software versions (also the header of the GPU tests' result file)."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    cuda = device.type == "cuda"
+    env = {
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu-{platform.machine()}",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        env["sm_count"] = props.multi_processor_count
+        env["l2_bytes"] = getattr(props, "L2_cache_size", None)
+        env["memory_bytes"] = props.total_memory
+    return env
+
+
+def result_path(results_dir, device_name: str, date: str) -> Path:
+    """``<dir>/<device>-<date>.json`` with the device name made file-safe."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()
+    stamp = re.sub(r"[^0-9T]", "", date[:19]).replace("T", "-")
+    return Path(results_dir) / f"{slug}-{stamp}.json"
+
+
+def derive(records: list[dict], copy_gbps: float | None) -> None:
+    """Fill gbps, pct_copy_bw and the speedups in place.
+
+    Speedups compare providers on the same (op, dtype, layout, shape): the "eager" provider
+    (the released code's gate, the eager BAM module, the ResNet with eager BAM) and "compiled".
+    """
+    by_key = {}
+    for r in records:
+        by_key.setdefault((r["op"], r["dtype"], r["layout"], tuple(r["shape"])), {})[r["provider"]] = r
+    for r in records:
+        ms = r["ms_median"]
+        if r.get("bytes_min") and ms:
+            r["gbps"] = r["bytes_min"] / (ms * 1e-3) / 1e9
+            r["pct_copy_bw"] = 100 * r["gbps"] / copy_gbps if copy_gbps else None
+        else:
+            r["gbps"] = r["pct_copy_bw"] = None
+        group = by_key[(r["op"], r["dtype"], r["layout"], tuple(r["shape"]))]
+        for field, base in (("speedup_vs_eager", "eager"), ("speedup_vs_compiled", "compiled")):
+            ref = group.get(base)
+            r[field] = ref["ms_median"] / ms if ref and ms else None
+
+
+class ResultsFile:
+    """Collects records and keeps ``path`` up to date (written at creation and after every add)."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = Path(path)
+        self.header = {"schema": SCHEMA, **header}
+        self.records: list[dict] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.write()
+
+    def add(self, **fields) -> dict:
+        unknown = set(fields) - set(RECORD_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown record fields {sorted(unknown)}")
+        record = {f: fields.get(f) for f in RECORD_FIELDS}
+        record["shape"] = list(record["shape"])
+        record["extra"] = record["extra"] or {}
+        self.records.append(record)
+        self.write()
+        return record
+
+    def write(self) -> None:
+        derive(self.records, self.header.get("copy_gbps"))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**self.header, "records": self.records}, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+def load(path) -> dict:
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: schema {data.get('schema')!r}, expected {SCHEMA}")
+    return data
+
+
+def newest(results_dir=DEFAULT_DIR) -> Path:
+    """The result file in ``results_dir`` with the latest ``date`` in its header."""
+    files = [p for p in Path(results_dir).glob("*.json")]
+    dated = []
+    for p in files:
+        try:
+            dated.append((datetime.datetime.fromisoformat(load(p)["date"]), p))
+        except (ValueError, KeyError, TypeError):
+            continue
+    if not dated:
+        raise FileNotFoundError(f"no benchmark result file in {results_dir}")
+    return max(dated)[1]

@@ -1,0 +1,99 @@
+"""Run every gate kernel variant once, for compute-sanitizer (memcheck and racecheck).
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python tests/gpu/sanitizer_driver.py
+    compute-sanitizer --tool racecheck python tests/gpu/sanitizer_driver.py
+
+Forward and backward through ``bam_gate`` for every mode (sum, product, max, channel-only,
+spatial-only; sum also without the residual) on 7×7 maps, sum and max on 1×1, 5×13 and 56×56,
+NCHW and channels_last, bf16 (fp32 on one shape), plus the backward with small forced tiles
+and a c-split. Few shapes per mode: each is a Triton compile, and the GPU run's budget is short.
+Without PyTorch's caching allocator every tensor is its own cudaMalloc, so memcheck sees an
+access past a tensor's end. Each result is checked against the float64 reference: exit 1 on
+a mismatch, 0 otherwise; one line per case, so a run cut short shows how far it got.
+``--small`` runs 1×1 and 7×7 only (the CPU interpreter smoke run).
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+import triton
+from bam_fused.kernels import launch_gate_bwd, split_count
+from gpu_common import DEVICE, assert_close, make_inputs, reference64
+
+from bam_fused import bam_gate
+
+MODES = (("sum", True), ("sum", False), ("product", True), ("max", True), ("channel", True), ("spatial", True))
+SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "C_SPLITS": 3, "num_warps": 2}
+
+
+def cases(small: bool):
+    for cl in (False, True):
+        for mode, residual in MODES:
+            yield (2, 64, 7, 7), mode, residual, cl, torch.bfloat16
+    for h, w in ((1, 1),) if small else ((1, 1), (5, 13), (56, 56)):
+        for cl in (False, True):
+            for mode in ("sum", "max"):
+                yield (2, 64, h, w), mode, True, cl, torch.bfloat16
+    yield (2, 64, 7, 7), "sum", True, True, torch.float32
+
+
+def run_case(shape, mode, residual, cl, dtype) -> None:
+    x, mc, ms, combine = make_inputs(shape, mode, dtype, cl, device=DEVICE)
+    g = torch.randn_like(x)
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, mc, ms)]
+    y = bam_gate(*leaves, combine=combine, residual=residual, backend="triton")
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], g)
+    y64, grads64 = reference64(x, mc, ms, combine, residual, g)
+    name = f"{mode} residual={residual} channels_last={cl} {dtype} {shape}"
+    assert_close(y, y64, f"{name}: y")
+    for got, want in zip(grads, [t for t in grads64 if t is not None]):
+        assert_close(got, want, f"{name}: grad")
+
+
+def run_split_backward(shape, cl) -> None:
+    """Stage one of the backward with small tiles and 3 c-splits (edge tiles, several partials)."""
+    n, c, h, w = shape
+    x, mc, ms, combine = make_inputs(shape, "max", torch.bfloat16, cl, device=DEVICE)
+    g = torch.randn_like(x)
+    hw_blocks, splits = triton.cdiv(h * w, SMALL_BWD["BLOCK_HW"]), split_count(c, SMALL_BWD)[1]
+    gx = torch.empty_like(x)
+    gmc_part = torch.empty(n, c, hw_blocks, device=DEVICE)
+    gms_part = torch.empty(n, splits, h * w, device=DEVICE)
+    launch_gate_bwd(g, x, mc, ms.reshape(n, h * w), gx, gmc_part, gms_part, combine=combine, residual=True,
+                    config=SMALL_BWD)  # fmt: skip
+    _, (gx64, gmc64, gms64) = reference64(x, mc, ms, combine, True, g)
+    assert_close(gx, gx64, f"split backward {shape} gx")
+    assert_close(gmc_part.sum(-1).to(mc.dtype), gmc64, f"split backward {shape} gmc")
+    assert_close(gms_part.sum(1).to(ms.dtype).view(n, h, w), gms64, f"split backward {shape} gms")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="1×1 and 7×7 maps only")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    count = 0
+    try:
+        for case in cases(args.small):
+            run_case(*case)
+            count += 1
+            print(f"case {count}: {case[1]} residual={case[2]} channels_last={case[3]} {case[4]} {case[0]}", flush=True)
+        for shape in [(2, 40, 9, 11)] + ([] if args.small else [(2, 64, 56, 56)]):
+            for cl in (False, True):
+                run_split_backward(shape, cl)
+                count += 1
+                print(f"case {count}: split backward channels_last={cl} {shape}", flush=True)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+    except AssertionError as e:
+        print(f"sanitizer_driver: MISMATCH after {count} cases: {e}", file=sys.stderr)
+        return 1
+    print(f"sanitizer_driver: {count} cases (forward + backward) on {DEVICE}, all match the float64 reference "
+          f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
