@@ -137,7 +137,10 @@ stage_gpu_probes() {
 }
 
 stage_core_tests() {
-    run_pytest -m gpu -x tests --ignore=tests/gpu
+    # Triton compiles one kernel per test variant: spread the compiles over processes where xdist is there.
+    local parallel=()
+    "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)
+    run_pytest -m gpu -x "${parallel[@]}" tests --ignore=tests/gpu
 }
 
 export -f run_pytest stage_install stage_env stage_gpu_equiv stage_bench stage_report sanitizer_bin sanitize \
