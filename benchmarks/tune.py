@@ -5,11 +5,13 @@
 For each ResNet-50 BAM shape (batch 64) and layout it times the forward and the backward
 (stage one plus the reduction, as users run it) over a small grid of configurations, next
 to the launch heuristic's own pick, and reports GB/s and % of the copy bandwidth measured in
-the same run. Its output decides the heuristics in ``kernels/gate_fwd.py`` / ``gate_bwd.py``
+the same run, and a copy of x at that shape: the roof a kernel of that size can reach. Its
+output decides the heuristics in ``kernels/gate_fwd.py`` / ``gate_bwd.py``
 (see benchmarks/NOTES.md).
 """
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -34,14 +36,15 @@ def fwd_candidates(C, HW, cl, size):
 
 def bwd_candidates(N, C, HW, cl, size, sms):
     yield "heuristic", bwd_config(N, C, HW, cl, size, sms)
-    # channels_last: a narrow c extent keeps the gmc partials [N, C, HW / BLOCK_HW] small
-    fast_widths = (32, 64, 256) if cl else (128, 256, 512)
-    for tile_bytes, warps, max_fast, per_sm in itertools.product((4096, 8192, 16384), (4, 8), fast_widths, (2, 8, 32)):
+    warp_width = 32 * 16 // size  # the widest fast axis whose per-chunk sum stays in a warp
+    for tile_bytes, warps, max_fast, per_sm in itertools.product(
+        (4096, 8192, 16384), (4, 8), (warp_width, warp_width // 2), (4, 16)
+    ):
         bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
-        programs = N * -(-HW // bhw)
-        splits = max(1, min(-(-C // bc), -(-per_sm * sms // programs)))
+        blocks, chunks = (-(-HW // bhw), -(-C // bc)) if not cl else (-(-C // bc), -(-HW // bhw))
+        splits = max(1, min(chunks, -(-per_sm * sms // (N * blocks))))
         yield (f"t{tile_bytes}/w{warps}/f{max_fast}/p{per_sm}",
-               {"BLOCK_C": bc, "BLOCK_HW": bhw, "C_SPLITS": splits, "num_warps": warps})  # fmt: skip
+               {"BLOCK_C": bc, "BLOCK_HW": bhw, "SPLITS": splits, "num_warps": warps})  # fmt: skip
 
 
 def run_fn(op, cfg, x, mc, ms, y, g):
@@ -78,6 +81,13 @@ def main(argv=None) -> int:
         ms = torch.randn(N, HW, device=device, dtype=dtype)
         y = torch.empty_like(x)
         layout = "channels_last" if cl else "nchw"
+        # The roof at this size: a copy of x (the forward's bytes) pays the same launch and tail.
+        t_copy = measure(functools.partial(y.copy_, x), device, warmup_ms=5, rep_ms=25)
+        copy_here = 2 * x.numel() * size / (t_copy.ms_median * 1e-3) / 1e9
+        records.append({"op": "copy", "shape": list(shape), "layout": layout, "dtype": args.dtype,
+                        "ms_median": t_copy.ms_median, "gbps": copy_here, "pct_copy_bw": 100 * copy_here / roof})
+        print(f"copy      {layout:<13} {str(shape):<20} same-size copy {100 * copy_here / roof:5.1f}% "
+              f"({t_copy.ms_median:.4f} ms)")  # fmt: skip
         for op, cands in (("gate_fwd", fwd_candidates(C, HW, cl, size)),
                           ("gate_bwd", bwd_candidates(N, C, HW, cl, size, sms))):  # fmt: skip
             best = None
@@ -97,7 +107,7 @@ def main(argv=None) -> int:
             print(f"{op:<9} {layout:<13} {str(shape):<20} heuristic {heur['pct_copy_bw']:5.1f}% "
                   f"({heur['ms_median']:.4f} ms)  best {best['pct_copy_bw']:5.1f}% ({best['ms_median']:.4f} ms) "
                   f"{best['config']} {best['BLOCK_C']}x{best['BLOCK_HW']} "
-                  f"splits={best.get('C_SPLITS', '-')}")  # fmt: skip
+                  f"splits={best.get('SPLITS', '-')}")  # fmt: skip
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"copy_gbps": roof, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -9,17 +9,20 @@
 
 from .gate_bwd import (
     bwd_config,
+    bwd_grid,
+    bwd_partial_shapes,
     gate_bwd,
     gate_bwd_kernel,
     gate_bwd_reduce_kernel,
     launch_gate_bwd,
     launch_gate_bwd_reduce,
-    split_count,
 )
 from .gate_fwd import fwd_config, gate_fwd_kernel, launch_gate_fwd
 
 __all__ = [
     "bwd_config",
+    "bwd_grid",
+    "bwd_partial_shapes",
     "fwd_config",
     "gate_bwd",
     "gate_bwd_kernel",
@@ -28,5 +31,4 @@ __all__ = [
     "launch_gate_bwd",
     "launch_gate_bwd_reduce",
     "launch_gate_fwd",
-    "split_count",
 ]

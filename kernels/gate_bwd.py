@@ -4,12 +4,18 @@
     t         = g · x · s · (1 − s)  = ∂L/∂a
     gmc[n, c] = Σ_hw t · ∂a/∂mc      gms[n, hw] = Σ_c t · ∂a/∂ms
 
-One program per (n, hw-block, c-split) walks its channels in BLOCK_C chunks: it writes gx,
-keeps the gms sum of its hw-block in registers across the walk and writes each chunk's gmc
-sum over its hw-block. Both sums leave the kernel as partials — gmc as [N, C, hw-blocks],
-gms as [N, c-splits, HW] — and a second small kernel reduces both in one launch in a fixed
-order, so the result is bitwise reproducible (no float atomics). The c-split fills the GPU at small maps, where
-N · hw-blocks alone is too few programs.
+Each program owns one block of the tile's fast (contiguous) axis and walks a split of the
+slow axis in chunks: hw-blocks walking channels for NCHW, c-blocks walking positions for
+channels_last. Per chunk it writes gx and the chunk's sum along the fast axis, which stays
+inside a warp; the sum along the slow axis is accumulated element-wise in registers and
+reduced across warps once, after the walk, so no barrier stalls the loop. Both sums leave
+the kernel as partials,
+
+    gmc_part [N, C, P_hw]   (P_hw: hw-blocks for NCHW, hw-splits for channels_last)
+    gms_part [N, P_c, HW]   (P_c:  c-splits for NCHW,  c-blocks for channels_last)
+
+and ``gate_bwd_reduce_kernel`` sums both in one launch in a fixed order: bitwise
+reproducible, no float atomics. The split fills the GPU at small maps.
 """
 
 import torch
@@ -17,11 +23,36 @@ import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
-from .layout import TILE_BYTES, compute_dtype, gate_layout, multiprocessor_count, tile_shape
+from .layout import compute_dtype, gate_layout, multiprocessor_count, tile_shape
 
-# Programs per SM the c-split aims for: enough that small maps fill the GPU and that the last
+# Bytes of x per chunk of the walk: two inputs and an fp32 accumulator live at once.
+BWD_TILE_BYTES = 8192
+# Programs per SM the split aims for: enough that small maps fill the GPU and that the last
 # wave of long-running programs is a small fraction of the whole.
 PROGRAMS_PER_SM = 8
+
+
+@triton.jit
+def _bwd_chunk(g_ptr, x_ptr, gx_ptr, offs, mask, mc, ms,
+               COMBINE: tl.constexpr, HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, RESIDUAL: tl.constexpr,
+               COMPUTE: tl.constexpr):  # fmt: skip
+    """Store gx for one chunk; return t's shares for mc and for ms (exactly 0 on masked lanes)."""
+    s = gate_sigmoid(gate_preactivation(mc, ms, COMBINE, HAS_MC, HAS_MS))
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if RESIDUAL:
+        gx = g * (1.0 + s)
+    else:
+        gx = g * s
+    tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+    # Masked lanes must add exactly 0: an inf in the other map would make 0 · inf = NaN there.
+    t = tl.where(mask, g * x * s * (1.0 - s), 0.0)
+    if HAS_MC and HAS_MS:
+        t_mc, t_ms = gate_combine_grads(t, mc, ms, COMBINE)
+    else:
+        t_mc = t
+        t_ms = t
+    return t_mc, t_ms
 
 
 @triton.jit
@@ -29,62 +60,74 @@ def gate_bwd_kernel(
     g_ptr, x_ptr, mc_ptr, ms_ptr, gx_ptr, gmc_part_ptr, gms_part_ptr,
     C, HW,
     stride_n, stride_c, stride_hw,
-    num_hw_blocks, num_c_splits, c_per_split,
+    num_blocks, num_splits, per_split,
     COMBINE: tl.constexpr, HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr,
+    WALK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, INT64: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
-    pid_hw = pid % num_hw_blocks
-    pid_cs = (pid // num_hw_blocks) % num_c_splits
-    n = pid // (num_hw_blocks * num_c_splits)
-    hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    pid_b = pid % num_blocks
+    pid_s = (pid // num_blocks) % num_splits
+    n = pid // (num_blocks * num_splits)
     if INT64:
         n = n.to(tl.int64)
-        hw = hw.to(tl.int64)
-    hw_mask = hw < HW
-
-    ms = tl.zeros([BLOCK_HW], dtype=COMPUTE)
-    if HAS_MS:
-        ms = tl.load(ms_ptr + n * HW + hw, mask=hw_mask, other=0.0).to(COMPUTE)
-    gms_acc = tl.zeros([BLOCK_HW], dtype=COMPUTE)
-
-    c_start = pid_cs * c_per_split
-    c_end = tl.minimum(C, c_start + c_per_split)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
+    start = pid_s * per_split
+    if WALK_C:
+        # NCHW: hw-block pid_b, channels [start, end) walked in BLOCK_C chunks.
+        hw = pid_b * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        if INT64:
+            hw = hw.to(tl.int64)
+        hw_mask = hw < HW
+        ms = tl.zeros([BLOCK_HW], dtype=COMPUTE)
+        if HAS_MS:
+            ms = tl.load(ms_ptr + n * HW + hw, mask=hw_mask, other=0.0).to(COMPUTE)
+        gms_acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=COMPUTE)
+        end = tl.minimum(C, start + per_split)
+        for c0 in range(start, end, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            if INT64:
+                c = c.to(tl.int64)
+            c_mask = c < end
+            mc = tl.zeros([BLOCK_C], dtype=COMPUTE)
+            if HAS_MC:
+                mc = tl.load(mc_ptr + n * C + c, mask=c_mask, other=0.0).to(COMPUTE)
+            offs = n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw
+            t_mc, t_ms = _bwd_chunk(g_ptr, x_ptr, gx_ptr, offs, c_mask[:, None] & hw_mask[None, :],
+                                    mc[:, None], ms[None, :], COMBINE, HAS_MC, HAS_MS, RESIDUAL, COMPUTE)  # fmt: skip
+            if HAS_MC:
+                tl.store(gmc_part_ptr + (n * C + c) * num_blocks + pid_b, tl.sum(t_mc, axis=1), mask=c_mask)
+            if HAS_MS:
+                gms_acc += t_ms
+        if HAS_MS:
+            tl.store(gms_part_ptr + (n * num_splits + pid_s) * HW + hw, tl.sum(gms_acc, axis=0), mask=hw_mask)
+    else:
+        # channels_last: c-block pid_b, positions [start, end) walked in BLOCK_HW chunks.
+        c = pid_b * BLOCK_C + tl.arange(0, BLOCK_C)
         if INT64:
             c = c.to(tl.int64)
-        c_mask = c < c_end
-        mask = c_mask[:, None] & hw_mask[None, :]
+        c_mask = c < C
         mc = tl.zeros([BLOCK_C], dtype=COMPUTE)
         if HAS_MC:
             mc = tl.load(mc_ptr + n * C + c, mask=c_mask, other=0.0).to(COMPUTE)
-        s = gate_sigmoid(gate_preactivation(mc[:, None], ms[None, :], COMBINE, HAS_MC, HAS_MS))
-
-        offs = n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-        if RESIDUAL:
-            gx = g * (1.0 + s)
-        else:
-            gx = g * s
-        tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-
-        # Masked lanes must add exactly 0: an inf in the other map would make 0 · inf = NaN there.
-        t = tl.where(mask, g * x * s * (1.0 - s), 0.0)
-        if HAS_MC and HAS_MS:
-            t_mc, t_ms = gate_combine_grads(t, mc[:, None], ms[None, :], COMBINE)
-        else:
-            t_mc = t
-            t_ms = t
+        gmc_acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=COMPUTE)
+        end = tl.minimum(HW, start + per_split)
+        for hw0 in range(start, end, BLOCK_HW):
+            hw = hw0 + tl.arange(0, BLOCK_HW)
+            if INT64:
+                hw = hw.to(tl.int64)
+            hw_mask = hw < end
+            ms = tl.zeros([BLOCK_HW], dtype=COMPUTE)
+            if HAS_MS:
+                ms = tl.load(ms_ptr + n * HW + hw, mask=hw_mask, other=0.0).to(COMPUTE)
+            offs = n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw
+            t_mc, t_ms = _bwd_chunk(g_ptr, x_ptr, gx_ptr, offs, c_mask[:, None] & hw_mask[None, :],
+                                    mc[:, None], ms[None, :], COMBINE, HAS_MC, HAS_MS, RESIDUAL, COMPUTE)  # fmt: skip
+            if HAS_MS:
+                tl.store(gms_part_ptr + (n * num_blocks + pid_b) * HW + hw, tl.sum(t_ms, axis=0), mask=hw_mask)
+            if HAS_MC:
+                gmc_acc += t_mc
         if HAS_MC:
-            gmc = tl.sum(t_mc, axis=1)
-            tl.store(gmc_part_ptr + (n * C + c) * num_hw_blocks + pid_hw, gmc, mask=c_mask)
-        if HAS_MS:
-            gms_acc += tl.sum(t_ms, axis=0)
-
-    if HAS_MS:
-        tl.store(gms_part_ptr + (n * num_c_splits + pid_cs) * HW + hw, gms_acc, mask=hw_mask)
+            tl.store(gmc_part_ptr + (n * C + c) * num_splits + pid_s, tl.sum(gmc_acc, axis=1), mask=c_mask)
 
 
 @triton.jit
@@ -119,59 +162,68 @@ def gate_bwd_reduce_kernel(
 
 
 def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, num_sms: int) -> dict:
-    """Block shape, c-split and warps for the backward.
+    """Block shape, split of the walked axis and warps for the backward.
 
-    The tile is half the forward's (two inputs and fp32 temporaries live at once). The gmc
-    partials hold N·C·HW/BLOCK_HW floats, so BLOCK_HW must stay wide: for NCHW hw is the fast
-    axis anyway (up to 256); for channels_last c is, and is held to 64 lanes so that the tile
-    spans 64+ positions. The c-split grows until there are PROGRAMS_PER_SM programs per SM,
-    never below one BLOCK_C chunk per split.
+    The fast axis gets at most one warp's width of 16-byte vectors (256 bf16, 128 fp32 lanes)
+    so that the per-chunk sum along it never leaves a warp; the walked axis gets the rest of a
+    BWD_TILE_BYTES chunk. The split grows until there are PROGRAMS_PER_SM programs per SM,
+    never below one chunk per split.
     """
-    tile_elems = TILE_BYTES // 2 // element_size
-    block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=64 if channels_last else 256)
-    programs = N * triton.cdiv(HW, block_hw)
-    max_splits = triton.cdiv(C, block_c)
-    c_splits = max(1, min(max_splits, triton.cdiv(PROGRAMS_PER_SM * num_sms, max(programs, 1))))
-    return {
-        "BLOCK_C": block_c,
-        "BLOCK_HW": block_hw,
-        "C_SPLITS": c_splits,
-        "num_warps": 4 if block_c * block_hw <= 2048 else 8,
-    }
+    # 32/64-bit chunks are half as many bytes: at 8 KiB ptxas spills fp32's max mode on sm_90.
+    tile_elems = BWD_TILE_BYTES // element_size if element_size <= 2 else BWD_TILE_BYTES // 2 // element_size
+    warp_width = 32 * max(1, 16 // element_size)
+    block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=warp_width)
+    walk_c = not channels_last
+    blocks = triton.cdiv(HW, block_hw) if walk_c else triton.cdiv(C, block_c)
+    chunks = triton.cdiv(C, block_c) if walk_c else triton.cdiv(HW, block_hw)
+    splits = max(1, min(chunks, triton.cdiv(PROGRAMS_PER_SM * num_sms, max(N * blocks, 1))))
+    return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "SPLITS": splits, "num_warps": 4}
+
+
+def bwd_grid(x, config: dict) -> tuple[bool, int, int, int]:
+    """(walk_c, blocks, splits, per_split) of a launch: ``blocks`` along the fast axis, the walked
+    axis cut into ``splits`` of ``per_split`` elements (whole chunks, none empty, at least the
+    SPLITS asked for wherever there are that many chunks)."""
+    _, C, H, W = x.shape
+    HW = H * W
+    walk_c = not gate_layout(x).channels_last
+    if walk_c:
+        (fast, fast_block), (slow, slow_block) = (HW, config["BLOCK_HW"]), (C, config["BLOCK_C"])
+    else:
+        (fast, fast_block), (slow, slow_block) = (C, config["BLOCK_C"]), (HW, config["BLOCK_HW"])
+    chunks = triton.cdiv(slow, slow_block)
+    per_split = max(1, chunks // max(1, config["SPLITS"])) * slow_block
+    return walk_c, triton.cdiv(fast, fast_block), triton.cdiv(slow, per_split), per_split
+
+
+def bwd_partial_shapes(x, config: dict) -> tuple[tuple, tuple]:
+    """Shapes of (gmc_part, gms_part) for ``x`` (N, C, H, W): (N, C, P_hw) and (N, P_c, H·W)."""
+    N, C, H, W = x.shape
+    walk_c, blocks, splits, _ = bwd_grid(x, config)
+    p_hw, p_c = (blocks, splits) if walk_c else (splits, blocks)
+    return (N, C, p_hw), (N, p_c, H * W)
 
 
 def launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, *, combine: str, residual: bool, config: dict):
     """Stage one of the backward: write ``gx`` and the gmc/gms partial sums.
 
     Shapes: g, x, gx (N, C, H, W) with x's strides; mc (N, C), ms (N, H·W) contiguous or None;
-    gmc_part (N, C, cdiv(HW, BLOCK_HW)) and gms_part (N, C_SPLITS', HW) in the compute dtype
-    (None where the map is None), where C_SPLITS' = :func:`split_count` (config). ``config`` as
-    returned by :func:`bwd_config`.
+    gmc_part and gms_part as :func:`bwd_partial_shapes`, in the compute dtype (None where the
+    map is None). ``config`` as :func:`bwd_config` returns (``INT64`` forces 64-bit offsets).
     """
     N, C, H, W = x.shape
-    HW = H * W
     if x.numel() == 0:
         return
     lay = gate_layout(x)
-    num_hw_blocks = triton.cdiv(HW, config["BLOCK_HW"])
-    c_per_split, num_c_splits = split_count(C, config)
-    grid = (N * num_hw_blocks * num_c_splits,)
-    gate_bwd_kernel[grid](
+    walk_c, blocks, splits, per_split = bwd_grid(x, config)
+    gate_bwd_kernel[(N * blocks * splits,)](
         g, x, mc if mc is not None else x, ms if ms is not None else x, gx,
         gmc_part if mc is not None else gx, gms_part if ms is not None else gx,
-        C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_hw_blocks, num_c_splits, c_per_split,
+        C, H * W, lay.stride_n, lay.stride_c, lay.stride_hw, blocks, splits, per_split,
         COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None,
-        RESIDUAL=residual, BLOCK_C=config["BLOCK_C"], BLOCK_HW=config["BLOCK_HW"],
+        RESIDUAL=residual, WALK_C=walk_c, BLOCK_C=config["BLOCK_C"], BLOCK_HW=config["BLOCK_HW"],
         INT64=config.get("INT64", lay.int64), COMPUTE=compute_dtype(x), num_warps=config.get("num_warps", 4),
     )  # fmt: skip
-
-
-def split_count(C: int, config: dict) -> tuple[int, int]:
-    """(channels per split, number of splits): whole BLOCK_C chunks per split, none empty, and
-    at least the C_SPLITS asked for wherever C has that many chunks."""
-    chunks = triton.cdiv(C, config["BLOCK_C"])
-    c_per_split = max(1, chunks // max(1, config["C_SPLITS"])) * config["BLOCK_C"]
-    return c_per_split, triton.cdiv(C, c_per_split)
 
 
 def launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block: int = 1024):
@@ -199,24 +251,22 @@ def launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block: int = 1024):
 def gate_bwd(g, x, mc, ms, *, combine: str, residual: bool, config: dict | None = None):
     """Gradients of the gate: returns ``(gx, gmc, gms)``, gmc/gms None where mc/ms is None.
 
-    Shapes as :func:`launch_gate_bwd`; g must have x's strides. gx has x's dtype, gmc/gms
-    the dtypes of mc/ms. Two launches: stage one, then the fixed-order reduction.
+    Shapes as :func:`launch_gate_bwd`; g must have x's strides. gx has x's dtype, gmc (N, C)
+    and gms (N, H·W) the dtypes of mc/ms. Two launches: stage one, then the fixed-order reduction.
     """
     N, C, H, W = x.shape
-    HW = H * W
-    cfg = config or bwd_config(N, C, HW, gate_layout(x).channels_last, x.element_size(),
+    cfg = config or bwd_config(N, C, H * W, gate_layout(x).channels_last, x.element_size(),
                                multiprocessor_count(x.device))  # fmt: skip
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    num_hw_blocks = triton.cdiv(HW, cfg["BLOCK_HW"])
-    num_c_splits = split_count(C, cfg)[1] if C else 0
+    gmc_shape, gms_shape = bwd_partial_shapes(x, cfg)
     gx = torch.empty_like(x)
     gmc_part = gms_part = gmc = gms = None
     if mc is not None:
-        gmc_part = torch.empty((N, C, num_hw_blocks), device=x.device, dtype=acc_dtype)
+        gmc_part = torch.empty(gmc_shape, device=x.device, dtype=acc_dtype)
         gmc = torch.empty((N, C), device=x.device, dtype=mc.dtype)
     if ms is not None:
-        gms_part = torch.empty((N, num_c_splits, HW), device=x.device, dtype=acc_dtype)
-        gms = torch.empty((N, HW), device=x.device, dtype=ms.dtype)
+        gms_part = torch.empty(gms_shape, device=x.device, dtype=acc_dtype)
+        gms = torch.empty((N, H * W), device=x.device, dtype=ms.dtype)
     launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, combine=combine, residual=residual, config=cfg)
     launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms)
     return gx, gmc, gms

@@ -115,7 +115,7 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .gate_bwd import bwd_config, gate_bwd_kernel, gate_bwd_reduce_kernel, split_count
+    from .gate_bwd import bwd_config, bwd_grid, gate_bwd_kernel, gate_bwd_reduce_kernel
     from .gate_fwd import fwd_config, gate_fwd_kernel
     from .gate_math import COMBINE_CODES
 
@@ -130,11 +130,16 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
                   "INT64": False, "COMPUTE": tl_compute}  # fmt: skip
         fcfg = fwd_config(C, HW, channels_last, ELEMENT_SIZE[dtype])
         bcfg = bwd_config(N, C, HW, channels_last, ELEMENT_SIZE[dtype], num_sms=132)
-        c_per_split, c_splits = split_count(C, bcfg)
+        import torch
+
+        shaped = torch.empty((N, C, HW, 1), device="meta")
+        walk_c, blocks, splits, per_split = bwd_grid(
+            shaped.to(memory_format=torch.channels_last) if channels_last else shaped, bcfg
+        )
         fwd_args = {"C": C, "HW": HW, **strides, "num_c_blocks": triton.cdiv(C, fcfg["BLOCK_C"]),
                     "num_hw_blocks": triton.cdiv(HW, fcfg["BLOCK_HW"])}  # fmt: skip
-        bwd_args = {"C": C, "HW": HW, **strides, "num_hw_blocks": triton.cdiv(HW, bcfg["BLOCK_HW"]),
-                    "num_c_splits": c_splits, "c_per_split": c_per_split}  # fmt: skip
+        bwd_args = {"C": C, "HW": HW, **strides, "num_blocks": blocks, "num_splits": splits,
+                    "per_split": per_split}  # fmt: skip
         jobs = [
             ("gate_fwd_kernel", gate_fwd_kernel, fcfg, fwd_args,
              {"x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "y_ptr": dtype}),
@@ -145,8 +150,9 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
         if mode == "sum":  # stage two of the backward does not depend on the mode
             jobs.append((
                 "gate_bwd_reduce_kernel", gate_bwd_reduce_kernel, {"BLOCK": 1024, "num_warps": 4},
-                {"gmc_total": N * C, "num_hw_blocks": bwd_args["num_hw_blocks"], "gmc_programs": N * C // 1024,
-                 "gms_total": N * HW, "num_c_splits": c_splits, "HW": HW},
+                {"gmc_total": N * C, "num_hw_blocks": splits if channels_last else blocks,
+                 "gmc_programs": N * C // 1024, "gms_total": N * HW,
+                 "num_c_splits": blocks if channels_last else splits, "HW": HW},
                 {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype},
             ))  # fmt: skip
         for name, fn, cfg, args, ptrs in jobs:
@@ -154,6 +160,8 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
                 constexprs = {"HAS_MC": has_mc, "HAS_MS": has_ms, "BLOCK": cfg["BLOCK"]}
             else:
                 constexprs = {**common, "BLOCK_C": cfg["BLOCK_C"], "BLOCK_HW": cfg["BLOCK_HW"]}
+                if fn is gate_bwd_kernel:
+                    constexprs["WALK_C"] = walk_c
             signature, consts, attrs = _specialise(fn, args, constexprs, ptrs)
             src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
             compiled = triton.compile(src, target=target, options={"num_warps": cfg["num_warps"]})

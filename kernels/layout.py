@@ -9,14 +9,17 @@ memory formats a CNN produces collapse (h, w) into one hw axis of a single strid
 Other layouts are copied once by the caller (see ``bam_fused.ops``).
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
 
-# A program's tile holds this many bytes of x: enough for several 16-byte accesses per
-# thread in flight, small enough that the backward's fp32 temporaries do not spill.
-TILE_BYTES = 16384
+# A forward program's tile holds this many bytes of x: two 16-byte accesses per thread of 4 warps.
+# Small tiles, many programs: on an H200 this beat 8-32 KiB tiles at every ResNet-50 BAM shape
+# (benchmarks/NOTES.md, tuning sweep 1).
+TILE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,16 @@ def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: 
 
 def compute_dtype(x: torch.Tensor):
     """float64 stays float64 (gradcheck); everything else is computed in float32."""
-    import triton.language as tl
-
     return tl.float64 if x.dtype == torch.float64 else tl.float32
 
 
 def multiprocessor_count(device: torch.device) -> int:
     """SMs of a CUDA device; 1 elsewhere (the interpreter runs one program at a time)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
     return 1
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count

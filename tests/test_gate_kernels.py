@@ -11,12 +11,13 @@ import pytest
 import torch
 from bam_fused.kernels import (
     bwd_config,
+    bwd_grid,
+    bwd_partial_shapes,
     fwd_config,
     gate_bwd,
     launch_gate_bwd,
     launch_gate_bwd_reduce,
     launch_gate_fwd,
-    split_count,
 )
 from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +27,7 @@ LAYOUTS = {"nchw": False, "channels_last": True}
 # Ragged on purpose: C and HW are not multiples of the blocks below.
 SHAPE = (2, 11, 5, 7)
 SMALL_FWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "num_warps": 4}
-SMALL_BWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "C_SPLITS": 2, "num_warps": 4}
+SMALL_BWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "SPLITS": 2, "num_warps": 4}
 
 
 def _flat(m):
@@ -43,11 +44,10 @@ def run_bwd(g, x, mc, ms, combine, residual, config):
     """Stage one into NaN-poisoned buffers, then the fixed-order reduction, as gate_bwd does."""
     N, C, H, W = x.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    hw_blocks = -(-H * W // config["BLOCK_HW"])
-    splits = split_count(C, config)[1]
+    gmc_shape, gms_shape = bwd_partial_shapes(x, config)
     gx = poisoned_like(x)
-    gmc_part = torch.full((N, C, hw_blocks), float("nan"), dtype=acc, device=x.device)
-    gms_part = torch.full((N, splits, H * W), float("nan"), dtype=acc, device=x.device)
+    gmc_part = torch.full(gmc_shape, float("nan"), dtype=acc, device=x.device)
+    gms_part = torch.full(gms_shape, float("nan"), dtype=acc, device=x.device)
     launch_gate_bwd(g, x, mc, _flat(ms), gx, gmc_part if mc is not None else None,
                     gms_part if ms is not None else None, combine=combine, residual=residual,
                     config=config)  # fmt: skip
@@ -117,11 +117,13 @@ def test_int64_offsets(layout, device):
     check_all(x, mc, ms, combine, True, {**SMALL_FWD, "INT64": True}, {**SMALL_BWD, "INT64": True})
 
 
-@pytest.mark.parametrize("c_splits", [1, 2, 3, 5])
-def test_c_split_uneven(c_splits, device):
-    """Splits that do not divide C, including more splits requested than BLOCK_C chunks exist."""
-    x, mc, ms, combine = make_inputs((2, 19, 3, 6), "sum", torch.float32, device=device)
-    check_all(x, mc, ms, combine, True, SMALL_FWD, {**SMALL_BWD, "C_SPLITS": c_splits})
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("splits", [1, 2, 3, 5])
+def test_split_uneven(splits, layout, device):
+    """Splits of the walked axis (c for NCHW, hw for channels_last) that do not divide it,
+    including more splits asked for than there are chunks."""
+    x, mc, ms, combine = make_inputs((2, 19, 3, 6), "sum", torch.float32, LAYOUTS[layout], device=device)
+    check_all(x, mc, ms, combine, True, SMALL_FWD, {**SMALL_BWD, "SPLITS": splits})
 
 
 def test_gradient_for_g_in_other_layout(device):
@@ -169,7 +171,7 @@ def test_deterministic(device):
     """Two backward runs with a c-split are bitwise equal (no atomics, fixed reduction order)."""
     x, mc, ms, combine = make_inputs((2, 37, 6, 6), "sum", torch.float32, device=device)
     g = torch.randn_like(x)
-    cfg = {**SMALL_BWD, "C_SPLITS": 4}
+    cfg = {**SMALL_BWD, "SPLITS": 4}
     first = gate_bwd(g, x, mc, _flat(ms), combine=combine, residual=True, config=cfg)
     second = gate_bwd(g, x, mc, _flat(ms), combine=combine, residual=True, config=cfg)
     for a, b in zip(first, second):
@@ -205,17 +207,18 @@ def test_max_ties_split_like_torch_maximum(device):
 @given(
     n=st.integers(1, 2), c=st.integers(1, 24), h=st.integers(1, 9), w=st.integers(1, 9),
     mode=st.sampled_from(sorted(MODES)), channels_last=st.booleans(), residual=st.booleans(),
-    block_c=st.sampled_from([1, 2, 8, 32]), block_hw=st.sampled_from([1, 4, 16, 64]), c_splits=st.integers(1, 4),
+    block_c=st.sampled_from([1, 2, 8, 32]), block_hw=st.sampled_from([1, 4, 16, 64]), splits=st.integers(1, 4),
 )  # fmt: skip
-def test_random_shapes_and_blocks(n, c, h, w, mode, channels_last, residual, block_c, block_hw, c_splits, device):
+def test_random_shapes_and_blocks(n, c, h, w, mode, channels_last, residual, block_c, block_hw, splits, device):
     x, mc, ms, combine = make_inputs((n, c, h, w), mode, torch.float32, channels_last, device=device)
     fwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw}
-    bwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "C_SPLITS": c_splits}
+    bwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "SPLITS": splits}
     check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg)
 
 
 def test_heuristics_cover_the_resnet_shapes():
-    """Configs for tiny to large maps: power-of-2 blocks, the tile bounded, the grid filled."""
+    """Configs for tiny to large maps: power-of-2 blocks, the tile bounded, the grid filled, and the
+    backward's fast axis no wider than a warp of 16-byte vectors (its per-chunk sum stays in a warp)."""
     for (c, hw), cl, size in itertools.product(
         [(1, 1), (64, 49), (256, 3136), (1024, 196), (64, 12544)], [False, True], [2, 4, 8]
     ):
@@ -225,5 +228,8 @@ def test_heuristics_cover_the_resnet_shapes():
             for key in ("BLOCK_C", "BLOCK_HW"):
                 assert cfg[key] & (cfg[key] - 1) == 0, (c, hw, cfg)
             assert cfg["BLOCK_C"] * cfg["BLOCK_HW"] * size <= 16384
-        programs = 64 * -(-hw // b["BLOCK_HW"]) * split_count(c, b)[1]
-        assert programs >= min(4 * 132, 64 * -(-hw // b["BLOCK_HW"]) * -(-c // b["BLOCK_C"])), (c, hw, b)
+        assert b["BLOCK_C" if cl else "BLOCK_HW"] <= 32 * 16 // size
+        x = torch.empty(64, c, hw, 1, device="meta")
+        walk_c, blocks, splits, _ = bwd_grid(x.to(memory_format=torch.channels_last) if cl else x, b)
+        chunks = -(-c // b["BLOCK_C"]) if walk_c else -(-hw // b["BLOCK_HW"])
+        assert 64 * blocks * splits >= min(8 * 132, 64 * blocks * chunks), (c, hw, b)

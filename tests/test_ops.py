@@ -8,7 +8,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import bam_fused
 from bam_fused import bam_gate
-from bam_fused.ops import gate_backward_op, gate_op
+from bam_fused.ops import GateFunction, gate_backward_op, gate_op
 
 SHAPE = (2, 6, 4, 5)
 
@@ -78,7 +78,7 @@ def test_map_shapes_with_singleton_dims(device):
 def test_dispatch(monkeypatch):
     """auto: Triton on CPU only under the interpreter; triton: a clear error where it cannot run."""
     calls = []
-    monkeypatch.setattr(bam_fused.ops, "gate_op", lambda *a: calls.append(a) or a[0].clone())
+    monkeypatch.setattr(GateFunction, "apply", staticmethod(lambda *a: calls.append(a) or a[0].clone()))
     x, mc, ms = _inputs("cpu")
     bam_gate(x, mc, ms)
     assert len(calls) == 1
@@ -106,15 +106,42 @@ def test_other_layouts_are_copied_once(device):
     assert_close(bam_gate(x, mc, ms, backend="triton"), reference64(x, mc, ms, "sum", True), "y")
 
 
-def test_saves_only_inputs_for_backward(device):
-    """The op keeps x, mc and ms for backward and no full-size tensor of its own."""
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
+def test_saves_only_inputs_for_backward(path, device):
+    """Both bindings keep x, mc and ms for backward and no full-size tensor of their own."""
     x, mc, ms = _inputs(device)
     x.requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        bam_gate(x, mc, ms, backend="triton")
+        if path == "eager":
+            bam_gate(x, mc, ms, backend="triton")
+        else:
+            gate_op(x, mc, ms, "sum", True)
     assert len(saved) == 3
     assert {t.data_ptr() for t in saved} == {x.data_ptr(), mc.data_ptr(), ms.data_ptr()}
+
+
+@pytest.mark.parametrize("mode", ["sum", "max", "channel", "spatial"])
+def test_eager_path_matches_custom_op_bitwise(mode, device, monkeypatch):
+    """Eager calls skip the custom-op dispatch (autograd.Function) and compute the same bits."""
+    x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float32, device=device)
+    leaves = [t.requires_grad_() for t in (x, mc, ms) if t is not None]
+    y_op = gate_op(x, mc, ms, combine, True)
+    g = torch.randn_like(y_op)
+    grads_op = torch.autograd.grad(y_op, leaves, g)
+
+    def no_custom_op(*args):
+        raise AssertionError("eager bam_gate went through the custom op")
+
+    monkeypatch.setattr(bam_fused.ops, "gate_op", no_custom_op)
+    y = bam_gate(x, mc, ms, combine=combine, backend="triton")
+    assert torch.equal(y, y_op)
+    for a, b in zip(torch.autograd.grad(y, leaves, g), grads_op):
+        assert torch.equal(a, b)
+    # The hand-written backward is not itself differentiable: a double backward says so.
+    (gx,) = torch.autograd.grad(bam_gate(x, mc, ms, combine=combine), x, g.requires_grad_(), create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.sum().backward()
 
 
 @pytest.mark.parametrize("combine", ["sum", "product", "max"])

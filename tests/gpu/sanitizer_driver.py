@@ -18,14 +18,13 @@ import sys
 import time
 
 import torch
-import triton
-from bam_fused.kernels import launch_gate_bwd, split_count
+from bam_fused.kernels import bwd_partial_shapes, launch_gate_bwd
 from gpu_common import DEVICE, assert_close, make_inputs, reference64
 
 from bam_fused import bam_gate
 
 MODES = (("sum", True), ("sum", False), ("product", True), ("max", True), ("channel", True), ("spatial", True))
-SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "C_SPLITS": 3, "num_warps": 2}
+SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "SPLITS": 3, "num_warps": 2}
 
 
 def cases(small: bool):
@@ -53,14 +52,14 @@ def run_case(shape, mode, residual, cl, dtype) -> None:
 
 
 def run_split_backward(shape, cl) -> None:
-    """Stage one of the backward with small tiles and 3 c-splits (edge tiles, several partials)."""
+    """Stage one of the backward with small tiles and 3 splits of the walked axis (edge tiles, several partials)."""
     n, c, h, w = shape
     x, mc, ms, combine = make_inputs(shape, "max", torch.bfloat16, cl, device=DEVICE)
     g = torch.randn_like(x)
-    hw_blocks, splits = triton.cdiv(h * w, SMALL_BWD["BLOCK_HW"]), split_count(c, SMALL_BWD)[1]
+    gmc_shape, gms_shape = bwd_partial_shapes(x, SMALL_BWD)
     gx = torch.empty_like(x)
-    gmc_part = torch.empty(n, c, hw_blocks, device=DEVICE)
-    gms_part = torch.empty(n, splits, h * w, device=DEVICE)
+    gmc_part = torch.empty(gmc_shape, device=DEVICE)
+    gms_part = torch.empty(gms_shape, device=DEVICE)
     launch_gate_bwd(g, x, mc, ms.reshape(n, h * w), gx, gmc_part, gms_part, combine=combine, residual=True,
                     config=SMALL_BWD)  # fmt: skip
     _, (gx64, gmc64, gms64) = reference64(x, mc, ms, combine, True, g)

@@ -8,8 +8,7 @@ element a kernel fails to write shows up. Cases are picked to compile few kernel
 
 import pytest
 import torch
-import triton
-from bam_fused.kernels import bwd_config, launch_gate_bwd, launch_gate_fwd, split_count
+from bam_fused.kernels import bwd_config, bwd_partial_shapes, launch_gate_bwd, launch_gate_fwd
 from bam_fused.kernels.layout import multiprocessor_count
 from gpu_common import DEVICE, assert_close, make_inputs, poisoned_like, record, reference64, rel_err
 
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.gpu
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # Tiles far smaller than the heuristic's, with a 3-way c-split: many masked edge tiles.
 SMALL_FWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "num_warps": 2}
-SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "C_SPLITS": 3, "num_warps": 2}
+SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "SPLITS": 3, "num_warps": 2}
 
 
 def _case(shape, mode, dtype, cl=False, residual=True, map_dtype=None, ties=False, small=False):
@@ -56,11 +55,11 @@ def test_kernels_match_float64_reference(request, shape, mode, dtype, cl, residu
     launch_gate_fwd(x, mc, ms_flat, y, combine=combine, residual=residual, config=SMALL_FWD if small else None)
 
     cfg = SMALL_BWD if small else bwd_config(n, c, h * w, cl, x.element_size(), multiprocessor_count(DEVICE))
-    hw_blocks, c_splits = triton.cdiv(h * w, cfg["BLOCK_HW"]), split_count(c, cfg)[1]
+    gmc_shape, gms_shape = bwd_partial_shapes(x, cfg)
     gx = poisoned_like(x)
     nan = float("nan")
-    gmc_part = torch.full((n, c, hw_blocks) if mc is not None else (0,), nan, device=DEVICE)
-    gms_part = torch.full((n, c_splits, h * w) if ms is not None else (0,), nan, device=DEVICE)
+    gmc_part = torch.full(gmc_shape if mc is not None else (0,), nan, device=DEVICE)
+    gms_part = torch.full(gms_shape if ms is not None else (0,), nan, device=DEVICE)
     launch_gate_bwd(g, x, mc, ms_flat, gx, gmc_part, gms_part, combine=combine, residual=residual, config=cfg)
 
     errs = {"y": rel_err(y, y64), "gx": rel_err(gx, gx64)}
