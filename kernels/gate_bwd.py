@@ -25,11 +25,12 @@ import triton.language as tl
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
 from .layout import compute_dtype, gate_layout, multiprocessor_count, tile_shape
 
-# Bytes of x per chunk of the walk: two inputs and an fp32 accumulator live at once.
-BWD_TILE_BYTES = 8192
-# Programs per SM the split aims for: enough that small maps fill the GPU and that the last
-# wave of long-running programs is a small fraction of the whole.
-PROGRAMS_PER_SM = 8
+# Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
+# programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
+# 4 KiB chunks and 4 programs/SM had the best mean and the best worst case over the six
+# ResNet-50 shape/layouts among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
+BWD_TILE_BYTES = 4096
+PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -169,8 +170,7 @@ def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, 
     BWD_TILE_BYTES chunk. The split grows until there are PROGRAMS_PER_SM programs per SM,
     never below one chunk per split.
     """
-    # 32/64-bit chunks are half as many bytes: at 8 KiB ptxas spills fp32's max mode on sm_90.
-    tile_elems = BWD_TILE_BYTES // element_size if element_size <= 2 else BWD_TILE_BYTES // 2 // element_size
+    tile_elems = BWD_TILE_BYTES // element_size
     warp_width = 32 * max(1, 16 // element_size)
     block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=warp_width)
     walk_c = not channels_last
