@@ -142,7 +142,7 @@ def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | Non
         )
     if m.device != x.device:
         raise ValueError(f"{name} is on {m.device} but x is on {x.device}")
-    return m.reshape(want)
+    return m if m.shape == want else m.reshape(want)
 
 
 def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True, backend: str = "auto"):
@@ -185,5 +185,7 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
     if backend == "triton" or (backend == "auto" and triton_can_run(x)):
         if torch.compiler.is_compiling():
             return gate_op(x, mc, ms, combine, bool(residual))
-        return GateFunction.apply(x, mc, ms, combine, bool(residual))
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
+            return GateFunction.apply(x, mc, ms, combine, bool(residual))
+        return gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
     return reference.bam_gate(x, mc, ms, combine, bool(residual))

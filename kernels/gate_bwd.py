@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
-from .layout import compute_dtype, gate_layout, multiprocessor_count, tile_shape
+from .layout import cdiv, compute_dtype, gate_layout, multiprocessor_count, tile_shape
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
 # programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
@@ -174,9 +174,9 @@ def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, 
     warp_width = 32 * max(1, 16 // element_size)
     block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=warp_width)
     walk_c = not channels_last
-    blocks = triton.cdiv(HW, block_hw) if walk_c else triton.cdiv(C, block_c)
-    chunks = triton.cdiv(C, block_c) if walk_c else triton.cdiv(HW, block_hw)
-    splits = max(1, min(chunks, triton.cdiv(PROGRAMS_PER_SM * num_sms, max(N * blocks, 1))))
+    blocks = cdiv(HW, block_hw) if walk_c else cdiv(C, block_c)
+    chunks = cdiv(C, block_c) if walk_c else cdiv(HW, block_hw)
+    splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * num_sms, max(N * blocks, 1))))
     return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "SPLITS": splits, "num_warps": 4}
 
 
@@ -191,9 +191,9 @@ def bwd_grid(x, config: dict) -> tuple[bool, int, int, int]:
         (fast, fast_block), (slow, slow_block) = (HW, config["BLOCK_HW"]), (C, config["BLOCK_C"])
     else:
         (fast, fast_block), (slow, slow_block) = (C, config["BLOCK_C"]), (HW, config["BLOCK_HW"])
-    chunks = triton.cdiv(slow, slow_block)
+    chunks = cdiv(slow, slow_block)
     per_split = max(1, chunks // max(1, config["SPLITS"])) * slow_block
-    return walk_c, triton.cdiv(fast, fast_block), triton.cdiv(slow, per_split), per_split
+    return walk_c, cdiv(fast, fast_block), cdiv(slow, per_split), per_split
 
 
 def bwd_partial_shapes(x, config: dict) -> tuple[tuple, tuple]:
@@ -234,8 +234,8 @@ def launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block: int = 1024):
     """
     gmc_total = gmc.numel() if gmc is not None else 0
     gms_total = gms.numel() if gms is not None else 0
-    gmc_programs = triton.cdiv(gmc_total, block)
-    grid = (gmc_programs + triton.cdiv(gms_total, block),)
+    gmc_programs = cdiv(gmc_total, block)
+    grid = (gmc_programs + cdiv(gms_total, block),)
     if grid[0] == 0:
         return
     ref = gmc if gmc is not None else gms

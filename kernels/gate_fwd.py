@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
-from .layout import TILE_BYTES, compute_dtype, gate_layout, tile_shape
+from .layout import TILE_BYTES, cdiv, compute_dtype, gate_layout, tile_shape
 
 
 @triton.jit
@@ -76,8 +76,8 @@ def launch_gate_fwd(x, mc, ms, y, *, combine: str, residual: bool, config: dict 
         return y
     lay = gate_layout(x)
     cfg = config or fwd_config(C, HW, lay.channels_last, x.element_size())
-    num_c_blocks = triton.cdiv(C, cfg["BLOCK_C"])
-    num_hw_blocks = triton.cdiv(HW, cfg["BLOCK_HW"])
+    num_c_blocks = cdiv(C, cfg["BLOCK_C"])
+    num_hw_blocks = cdiv(HW, cfg["BLOCK_HW"])
     grid = (N * num_c_blocks * num_hw_blocks,)
     gate_fwd_kernel[grid](
         x, mc if mc is not None else x, ms if ms is not None else x, y,

@@ -118,6 +118,7 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
     from .gate_bwd import bwd_config, bwd_grid, gate_bwd_kernel, gate_bwd_reduce_kernel
     from .gate_fwd import fwd_config, gate_fwd_kernel
     from .gate_math import COMBINE_CODES
+    from .layout import cdiv
 
     compute = "fp64" if dtype == "fp64" else "fp32"
     strides = {"stride_n": C * HW, "stride_c": 1 if channels_last else HW, "stride_hw": C if channels_last else 1}
@@ -136,8 +137,8 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
         walk_c, blocks, splits, per_split = bwd_grid(
             shaped.to(memory_format=torch.channels_last) if channels_last else shaped, bcfg
         )
-        fwd_args = {"C": C, "HW": HW, **strides, "num_c_blocks": triton.cdiv(C, fcfg["BLOCK_C"]),
-                    "num_hw_blocks": triton.cdiv(HW, fcfg["BLOCK_HW"])}  # fmt: skip
+        fwd_args = {"C": C, "HW": HW, **strides, "num_c_blocks": cdiv(C, fcfg["BLOCK_C"]),
+                    "num_hw_blocks": cdiv(HW, fcfg["BLOCK_HW"])}  # fmt: skip
         bwd_args = {"C": C, "HW": HW, **strides, "num_blocks": blocks, "num_splits": splits,
                     "per_split": per_split}  # fmt: skip
         jobs = [

@@ -19,6 +19,7 @@ from bam_fused.kernels import (
     launch_gate_bwd_reduce,
     launch_gate_fwd,
 )
+from bam_fused.kernels.gate_bwd import PROGRAMS_PER_SM
 from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -232,4 +233,4 @@ def test_heuristics_cover_the_resnet_shapes():
         x = torch.empty(64, c, hw, 1, device="meta")
         walk_c, blocks, splits, _ = bwd_grid(x.to(memory_format=torch.channels_last) if cl else x, b)
         chunks = -(-c // b["BLOCK_C"]) if walk_c else -(-hw // b["BLOCK_HW"])
-        assert 64 * blocks * splits >= min(8 * 132, 64 * blocks * chunks), (c, hw, b)
+        assert 64 * blocks * splits >= min(PROGRAMS_PER_SM * 132, 64 * blocks * chunks), (c, hw, b)

@@ -76,14 +76,21 @@ def test_map_shapes_with_singleton_dims(device):
 
 
 def test_dispatch(monkeypatch):
-    """auto: Triton on CPU only under the interpreter; triton: a clear error where it cannot run."""
+    """auto: Triton on CPU only under the interpreter (through the autograd.Function when a gradient
+    is wanted, straight to the kernels when not); triton: a clear error where it cannot run."""
     calls = []
     monkeypatch.setattr(GateFunction, "apply", staticmethod(lambda *a: calls.append(a) or a[0].clone()))
     x, mc, ms = _inputs("cpu")
+    x.requires_grad_()
     bam_gate(x, mc, ms)
     assert len(calls) == 1
     bam_gate(x, mc, ms, backend="reference")
     assert len(calls) == 1
+    inference = []
+    monkeypatch.setattr(bam_fused.ops, "gate_forward", lambda *a: inference.append(a) or a[0].clone())
+    with torch.no_grad():  # nothing to differentiate: the kernels run without an autograd node
+        bam_gate(x, mc, ms)
+    assert len(calls) == 1 and len(inference) == 1
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     bam_gate(x, mc, ms)
     assert len(calls) == 1
