@@ -1,0 +1,24 @@
+"""``python -m bam_fused``: the README's first command, on this machine's device."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from bam_fused.__main__ import check_modules
+
+
+def test_cli_runs_and_reports_agreement():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the module sets it itself
+    proc = subprocess.run([sys.executable, "-m", "bam_fused"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if not torch.cuda.is_available():
+        assert "agree" in proc.stdout and "DISAGREE" not in proc.stdout
+        assert "GPU timings need CUDA" in proc.stdout
+
+
+def test_module_check_used_on_cuda_agrees(device):
+    """The FusedBAM-vs-BAM check the CUDA report prints, at a small shape in bf16 autocast."""
+    assert check_modules((2, 32, 6, 6), device, torch.bfloat16) < 2e-2
+    assert check_modules((2, 32, 6, 6), device, torch.float32) < 1e-5
