@@ -81,11 +81,16 @@ def gate_fwd_bwd(gate, x, mc, ms):
 
 
 def main_cuda(args) -> int:
-    device = torch.device("cuda")
-    dtype = torch.bfloat16
     print(f"bam_fused {bam_fused.__version__} on {torch.cuda.get_device_name()} — torch {torch.__version__}")
+    report(torch.device("cuda"), RESNET50_SHAPES, time_cuda)
+    print("\n(ms and GB/s pairs per provider; full benchmarks: pytest benchmarks/, see README)")
+    return 0
+
+
+def report(device, shapes, timer, dtype=torch.bfloat16) -> None:
+    """FusedBAM vs BAM, then the gate's fwd+bwd for eager, torch.compile and fused at ``shapes``."""
     print("\nFusedBAM vs BAM (bf16 autocast, channels_last, train mode): relative error, output and grad")
-    for shape in RESNET50_SHAPES:
+    for shape in shapes:
         print(f"  {str(shape):<22} {check_modules(shape, device, dtype):.2e}")
 
     eager = lambda x, mc, ms: reference.released_code_gate(x, mc, ms, "product")
@@ -93,19 +98,17 @@ def main_cuda(args) -> int:
     fused = lambda x, mc, ms: bam_gate(x, mc, ms, combine="product")
     print("\nGate forward+backward (product, bf16, channels_last): median ms, GB/s over the minimum traffic")
     print(f"  {'shape':<22} {'eager':>14} {'compiled':>14} {'fused':>14} {'vs eager':>9} {'vs compiled':>12}")
-    for shape in RESNET50_SHAPES:
+    for shape in shapes:
         x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=torch.channels_last)
         x.requires_grad_()
         mc, ms = _maps(x)
         # forward: read x, write y; backward: read g and x, write gx (the small maps are noise)
         traffic = 5 * x.numel() * x.element_size()
-        ms_ = {name: time_cuda(gate_fwd_bwd(fn, x, mc, ms)) for name, fn in
+        ms_ = {name: timer(gate_fwd_bwd(fn, x, mc, ms)) for name, fn in
                (("eager", eager), ("compiled", compiled), ("fused", fused))}  # fmt: skip
         cells = "".join(f"{ms_[k]:>7.3f} {traffic / ms_[k] / 1e6:>6.0f}" for k in ("eager", "compiled", "fused"))
         print(f"  {str(shape):<22} {cells} {ms_['eager'] / ms_['fused']:>8.2f}x "
               f"{ms_['compiled'] / ms_['fused']:>11.2f}x")  # fmt: skip
-    print("\n(ms and GB/s pairs per provider; full benchmarks: pytest benchmarks/, see README)")
-    return 0
 
 
 def main_cpu(args) -> int:

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from bam_fused.__main__ import check_modules
+from bam_fused.__main__ import check_modules, report, time_cpu
 
 
 def test_cli_runs_and_reports_agreement():
@@ -22,3 +22,12 @@ def test_module_check_used_on_cuda_agrees(device):
     """The FusedBAM-vs-BAM check the CUDA report prints, at a small shape in bf16 autocast."""
     assert check_modules((2, 32, 6, 6), device, torch.bfloat16) < 2e-2
     assert check_modules((2, 32, 6, 6), device, torch.float32) < 1e-5
+
+
+def test_cuda_report_runs_on_this_device(device, capsys):
+    """The report ``python -m bam_fused`` prints on CUDA, run here at a tiny shape (compile included)."""
+    torch._dynamo.reset()
+    report(device, [(2, 16, 4, 4)], lambda fn: time_cpu(fn, reps=1))
+    out = capsys.readouterr().out
+    assert "FusedBAM vs BAM" in out and "Gate forward+backward" in out
+    assert out.count("(2, 16, 4, 4)") == 2 and "x" in out.splitlines()[-1]
