@@ -59,7 +59,6 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-
 def released_code_gate(x, mc=None, ms=None, combine: str = "product", residual: bool = True) -> torch.Tensor:
     """The gate as eager code usually writes it, the released code's way: expand both maps to
     x's shape, combine, sigmoid, add 1, multiply — each step a full-size pass in x's dtype.
