@@ -115,6 +115,9 @@ def main_cpu(args) -> int:
     print(f"bam_fused {bam_fused.__version__} — torch {torch.__version__}, no CUDA device")
     print("\n1. Triton kernels through the interpreter (TRITON_INTERPRET=1) vs the float64 reference")
     print(f"   {'shape':<18} {'combine':<8} {'|y-ref|/|ref|':>14} {'|grads-ref|/|ref|':>18}")
+    # Fixed inputs: at 1×1 a gms entry is a sum of 16 terms that can cancel to ~1 % of their size,
+    # where fp32 rounding alone exceeds 1e-5 relative (1 unseeded draw in ~1500 did).
+    torch.manual_seed(0)
     ok = True
     for shape in CPU_CHECK_SHAPES:
         for combine in reference.COMBINES:
