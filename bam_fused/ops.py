@@ -42,26 +42,26 @@ def _like(t: Tensor, x: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def _flat(m: Tensor | None) -> Tensor | None:
-    """(N, C) or (N, H, W) map as the kernels take it: (N, C) / (N, H·W), contiguous."""
-    return None if m is None else m.flatten(1).contiguous()
+def _dense(m: Tensor | None) -> Tensor | None:
+    """A map as the kernels take it: its N·C or N·H·W elements in order, in any shape."""
+    return None if m is None else m.contiguous()
 
 
 def gate_forward(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool) -> Tensor:
-    """The Triton forward: x (N, C, H, W); mc (N, C) or None; ms (N, H, W) or None."""
+    """The Triton forward: x (N, C, H, W); mc (N, C[, 1, 1]) or None; ms (N, [1,] H, W) or None."""
     from .kernels import launch_gate_fwd
 
     xk = _kernel_layout(x)
-    return launch_gate_fwd(xk, _flat(mc), _flat(ms), torch.empty_like(xk), combine=combine, residual=residual)
+    return launch_gate_fwd(xk, _dense(mc), _dense(ms), torch.empty_like(xk), combine=combine, residual=residual)
 
 
 def gate_backward(g: Tensor, x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool):
-    """The Triton backward: (gx, gmc, gms) shaped like (x, mc, ms), None for a None map."""
+    """The Triton backward: (gx, gmc, gms) shaped like (x, mc, ms), None for a None map. Shapes as
+    :func:`gate_forward`; g (N, C, H, W) in any layout."""
     from .kernels import gate_bwd
 
     xk = _kernel_layout(x)
-    gx, gmc, gms = gate_bwd(_like(g, xk), xk, _flat(mc), _flat(ms), combine=combine, residual=residual)
-    return gx, (gmc.view(mc.shape) if mc is not None else None), (gms.view(ms.shape) if ms is not None else None)
+    return gate_bwd(_like(g, xk), xk, _dense(mc), _dense(ms), combine=combine, residual=residual)
 
 
 @torch.library.custom_op("bam_fused::gate", mutates_args=())
@@ -130,7 +130,8 @@ class GateFunction(torch.autograd.Function):
 
 
 def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | None:
-    """mc/ms: None or a floating tensor of shape ``want`` (or ``alt``), on x's device."""
+    """mc/ms: None or a floating tensor of shape ``want`` (or ``alt``), on x's device; returned
+    as given (the kernels flatten it themselves, so autograd records no reshape)."""
     if m is None:
         return None
     if not isinstance(m, Tensor):
@@ -143,7 +144,7 @@ def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | Non
         )
     if m.device != x.device:
         raise ValueError(f"{name} is on {m.device} but x is on {x.device}")
-    return m if m.shape == want else m.reshape(want)
+    return m
 
 
 def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True, backend: str = "auto"):
@@ -189,4 +190,6 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
             return GateFunction.apply(x, mc, ms, combine, bool(residual))
         return gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
+    mc = mc.reshape(N, C) if mc is not None else None
+    ms = ms.reshape(N, H, W) if ms is not None else None
     return reference.bam_gate(x, mc, ms, combine, bool(residual))

@@ -11,19 +11,22 @@ from .gate_bwd import (
     bwd_config,
     bwd_grid,
     bwd_partial_shapes,
+    bwd_plan,
     gate_bwd,
     gate_bwd_kernel,
     gate_bwd_reduce_kernel,
     launch_gate_bwd,
     launch_gate_bwd_reduce,
 )
-from .gate_fwd import fwd_config, gate_fwd_kernel, launch_gate_fwd
+from .gate_fwd import fwd_config, fwd_plan, gate_fwd_kernel, launch_gate_fwd
 
 __all__ = [
     "bwd_config",
     "bwd_grid",
     "bwd_partial_shapes",
+    "bwd_plan",
     "fwd_config",
+    "fwd_plan",
     "gate_bwd",
     "gate_bwd_kernel",
     "gate_bwd_reduce_kernel",

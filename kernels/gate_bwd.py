@@ -18,12 +18,15 @@ and ``gate_bwd_reduce_kernel`` sums both in one launch in a fixed order: bitwise
 reproducible, no float atomics. The split fills the GPU at small maps.
 """
 
+import functools
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
-from .layout import cdiv, compute_dtype, gate_layout, multiprocessor_count, tile_shape
+from .layout import cdiv, compute_dtype, layout_of, multiprocessor_count, tile_shape
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
 # programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
@@ -34,101 +37,75 @@ PROGRAMS_PER_SM = 4
 
 
 @triton.jit
-def _bwd_chunk(g_ptr, x_ptr, gx_ptr, offs, mask, mc, ms,
-               COMBINE: tl.constexpr, HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, RESIDUAL: tl.constexpr,
-               COMPUTE: tl.constexpr):  # fmt: skip
-    """Store gx for one chunk; return t's shares for mc and for ms (exactly 0 on masked lanes)."""
-    s = gate_sigmoid(gate_preactivation(mc, ms, COMBINE, HAS_MC, HAS_MS))
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    if RESIDUAL:
-        gx = g * (1.0 + s)
-    else:
-        gx = g * s
-    tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-    # Masked lanes must add exactly 0: an inf in the other map would make 0 · inf = NaN there.
-    t = tl.where(mask, g * x * s * (1.0 - s), 0.0)
-    if HAS_MC and HAS_MS:
-        t_mc, t_ms = gate_combine_grads(t, mc, ms, COMBINE)
-    else:
-        t_mc = t
-        t_ms = t
-    return t_mc, t_ms
-
-
-@triton.jit
 def gate_bwd_kernel(
-    g_ptr, x_ptr, mc_ptr, ms_ptr, gx_ptr, gmc_part_ptr, gms_part_ptr,
-    C, HW,
-    stride_n, stride_c, stride_hw,
+    g_ptr, x_ptr, mw_ptr, mf_ptr, gx_ptr, gw_part_ptr, gf_part_ptr,
+    walk_size, fast_size,
+    stride_n, stride_w, stride_f,
+    gw_stride_n, gw_stride_w, gw_stride_b,
+    gf_stride_n, gf_stride_f, gf_stride_s,
     num_blocks, num_splits, per_split,
-    COMBINE: tl.constexpr, HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, RESIDUAL: tl.constexpr,
-    WALK_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, INT64: tl.constexpr,
-    COMPUTE: tl.constexpr,
+    COMBINE: tl.constexpr, HAS_MW: tl.constexpr, HAS_MF: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_F: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
+    """Stage one for (sample n, block pid_b of the fast axis f, split pid_s of the walked axis w).
+
+    w is the channels for NCHW and the positions for channels_last, f the other axis; mw and
+    mf are the maps along them (mc and ms, or ms and mc). The gate is symmetric in its two
+    maps (a = mc ⊕ ms, and each map's share of t), so one body serves both layouts. Partials
+    go through strides, gw_part[n, w, block] and gf_part[n, f, split], so that each layout
+    keeps the (N, C, P_hw) / (N, P_c, HW) arrays the reduction reads.
+    """
     pid = tl.program_id(0)
     pid_b = pid % num_blocks
     pid_s = (pid // num_blocks) % num_splits
     n = pid // (num_blocks * num_splits)
+    f = pid_b * BLOCK_F + tl.arange(0, BLOCK_F)
     if INT64:
         n = n.to(tl.int64)
+        f = f.to(tl.int64)
+    f_mask = f < fast_size
+    mf = tl.zeros([BLOCK_F], dtype=COMPUTE)
+    if HAS_MF:
+        mf = tl.load(mf_ptr + n * fast_size + f, mask=f_mask, other=0.0).to(COMPUTE)
+    gf_acc = tl.zeros([BLOCK_W, BLOCK_F], dtype=COMPUTE)
     start = pid_s * per_split
-    if WALK_C:
-        # NCHW: hw-block pid_b, channels [start, end) walked in BLOCK_C chunks.
-        hw = pid_b * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    end = tl.minimum(walk_size, start + per_split)
+    # NUM_STAGES > 1 has Triton's pipeliner prefetch the next chunks' g and x into shared memory
+    # (cp.async), so more bytes are in flight per program than one chunk's registers hold.
+    for w0 in tl.range(start, end, BLOCK_W, num_stages=NUM_STAGES):
+        w = w0 + tl.arange(0, BLOCK_W)
         if INT64:
-            hw = hw.to(tl.int64)
-        hw_mask = hw < HW
-        ms = tl.zeros([BLOCK_HW], dtype=COMPUTE)
-        if HAS_MS:
-            ms = tl.load(ms_ptr + n * HW + hw, mask=hw_mask, other=0.0).to(COMPUTE)
-        gms_acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=COMPUTE)
-        end = tl.minimum(C, start + per_split)
-        for c0 in range(start, end, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            if INT64:
-                c = c.to(tl.int64)
-            c_mask = c < end
-            mc = tl.zeros([BLOCK_C], dtype=COMPUTE)
-            if HAS_MC:
-                mc = tl.load(mc_ptr + n * C + c, mask=c_mask, other=0.0).to(COMPUTE)
-            offs = n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw
-            t_mc, t_ms = _bwd_chunk(g_ptr, x_ptr, gx_ptr, offs, c_mask[:, None] & hw_mask[None, :],
-                                    mc[:, None], ms[None, :], COMBINE, HAS_MC, HAS_MS, RESIDUAL, COMPUTE)  # fmt: skip
-            if HAS_MC:
-                tl.store(gmc_part_ptr + (n * C + c) * num_blocks + pid_b, tl.sum(t_mc, axis=1), mask=c_mask)
-            if HAS_MS:
-                gms_acc += t_ms
-        if HAS_MS:
-            tl.store(gms_part_ptr + (n * num_splits + pid_s) * HW + hw, tl.sum(gms_acc, axis=0), mask=hw_mask)
-    else:
-        # channels_last: c-block pid_b, positions [start, end) walked in BLOCK_HW chunks.
-        c = pid_b * BLOCK_C + tl.arange(0, BLOCK_C)
-        if INT64:
-            c = c.to(tl.int64)
-        c_mask = c < C
-        mc = tl.zeros([BLOCK_C], dtype=COMPUTE)
-        if HAS_MC:
-            mc = tl.load(mc_ptr + n * C + c, mask=c_mask, other=0.0).to(COMPUTE)
-        gmc_acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=COMPUTE)
-        end = tl.minimum(HW, start + per_split)
-        for hw0 in range(start, end, BLOCK_HW):
-            hw = hw0 + tl.arange(0, BLOCK_HW)
-            if INT64:
-                hw = hw.to(tl.int64)
-            hw_mask = hw < end
-            ms = tl.zeros([BLOCK_HW], dtype=COMPUTE)
-            if HAS_MS:
-                ms = tl.load(ms_ptr + n * HW + hw, mask=hw_mask, other=0.0).to(COMPUTE)
-            offs = n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw
-            t_mc, t_ms = _bwd_chunk(g_ptr, x_ptr, gx_ptr, offs, c_mask[:, None] & hw_mask[None, :],
-                                    mc[:, None], ms[None, :], COMBINE, HAS_MC, HAS_MS, RESIDUAL, COMPUTE)  # fmt: skip
-            if HAS_MS:
-                tl.store(gms_part_ptr + (n * num_blocks + pid_b) * HW + hw, tl.sum(t_ms, axis=0), mask=hw_mask)
-            if HAS_MC:
-                gmc_acc += t_mc
-        if HAS_MC:
-            tl.store(gmc_part_ptr + (n * C + c) * num_splits + pid_s, tl.sum(gmc_acc, axis=1), mask=c_mask)
+            w = w.to(tl.int64)
+        w_mask = w < end
+        mw = tl.zeros([BLOCK_W], dtype=COMPUTE)
+        if HAS_MW:
+            mw = tl.load(mw_ptr + n * walk_size + w, mask=w_mask, other=0.0).to(COMPUTE)
+        mask = w_mask[:, None] & f_mask[None, :]
+        offs = n * stride_n + w[:, None] * stride_w + f[None, :] * stride_f
+        s = gate_sigmoid(gate_preactivation(mw[:, None], mf[None, :], COMBINE, HAS_MW, HAS_MF))
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        if RESIDUAL:
+            gx = g * (1.0 + s)
+        else:
+            gx = g * s
+        tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        # Masked lanes must add exactly 0: an inf in the other map would make 0 · inf = NaN there.
+        t = tl.where(mask, g * x * s * (1.0 - s), 0.0)
+        if HAS_MW and HAS_MF:
+            t_w, t_f = gate_combine_grads(t, mw[:, None], mf[None, :], COMBINE)
+        else:
+            t_w = t
+            t_f = t
+        if HAS_MW:  # summed along f inside a warp: the fast axis is at most a warp wide
+            gw = tl.sum(t_w, axis=1)
+            tl.store(gw_part_ptr + n * gw_stride_n + w * gw_stride_w + pid_b * gw_stride_b, gw, mask=w_mask)
+        if HAS_MF:  # summed along w once, after the walk: no barrier inside the loop
+            gf_acc += t_f
+    if HAS_MF:
+        gf = tl.sum(gf_acc, axis=0)
+        tl.store(gf_part_ptr + n * gf_stride_n + f * gf_stride_f + pid_s * gf_stride_s, gf, mask=f_mask)
 
 
 @triton.jit
@@ -146,91 +123,137 @@ def _sum_middle_axis(part_ptr, out_ptr, start, total, P, B, BLOCK: tl.constexpr)
 
 @triton.jit
 def gate_bwd_reduce_kernel(
-    gmc_part_ptr, gmc_ptr, gmc_total, num_hw_blocks, gmc_programs,
-    gms_part_ptr, gms_ptr, gms_total, num_c_splits, HW,
+    gmc_part_ptr, gmc_ptr, gmc_total, p_hw, gmc_programs,
+    gms_part_ptr, gms_ptr, gms_total, p_c, HW,
     HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Stage two: both partial sums reduced in one launch, in a fixed order, cast to the maps' dtypes.
 
-    Programs [0, gmc_programs) sum gmc_part [N·C, hw-blocks] over hw-blocks; the rest sum
-    gms_part [N, c-splits, HW] over c-splits.
+    Programs [0, gmc_programs) sum gmc_part [N·C, P_hw] over its last axis; the rest sum
+    gms_part [N, P_c, HW] over its middle one.
     """
     pid = tl.program_id(0)
     if HAS_MC and pid < gmc_programs:
-        _sum_middle_axis(gmc_part_ptr, gmc_ptr, pid * BLOCK, gmc_total, num_hw_blocks, 1, BLOCK)
+        _sum_middle_axis(gmc_part_ptr, gmc_ptr, pid * BLOCK, gmc_total, p_hw, 1, BLOCK)
     elif HAS_MS:
-        _sum_middle_axis(gms_part_ptr, gms_ptr, (pid - gmc_programs) * BLOCK, gms_total, num_c_splits, HW, BLOCK)
+        _sum_middle_axis(gms_part_ptr, gms_ptr, (pid - gmc_programs) * BLOCK, gms_total, p_c, HW, BLOCK)
 
 
-def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, num_sms: int) -> dict:
+def bwd_config(N: int, C: int, HW: int, channels_last: bool, element_size: int, num_sms: int,
+               tile_bytes: int = BWD_TILE_BYTES) -> dict:  # fmt: skip
     """Block shape, split of the walked axis and warps for the backward.
 
     The fast axis gets at most one warp's width of 16-byte vectors (256 bf16, 128 fp32 lanes)
     so that the per-chunk sum along it never leaves a warp; the walked axis gets the rest of a
     BWD_TILE_BYTES chunk. The split grows until there are PROGRAMS_PER_SM programs per SM,
-    never below one chunk per split.
+    never below one chunk per split. NUM_STAGES stays 1 (no prefetch into shared memory) until
+    a GPU sweep (``python -m benchmarks.tune``, which varies ``tile_bytes`` too) shows more win.
     """
-    tile_elems = BWD_TILE_BYTES // element_size
+    tile_elems = tile_bytes // element_size
     warp_width = 32 * max(1, 16 // element_size)
     block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=warp_width)
     walk_c = not channels_last
     blocks = cdiv(HW, block_hw) if walk_c else cdiv(C, block_c)
     chunks = cdiv(C, block_c) if walk_c else cdiv(HW, block_hw)
     splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * num_sms, max(N * blocks, 1))))
-    return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "SPLITS": splits, "num_warps": 4}
+    return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "SPLITS": splits, "num_warps": 4, "NUM_STAGES": 1}
+
+
+class BwdPlan(NamedTuple):
+    """Everything a backward launch derives from x's shape, layout, dtype and device and the config."""
+
+    walk_c: bool  # NCHW: hw-blocks walk channels; channels_last: c-blocks walk positions
+    blocks: int  # blocks along the fast axis
+    splits: int  # pieces of the walked axis, whole chunks each, none empty
+    per_split: int  # elements of the walked axis per split
+    gmc_part_shape: tuple  # (N, C, P_hw)
+    gms_part_shape: tuple  # (N, P_c, H·W)
+    grid: tuple
+    args: tuple  # the kernel's scalar arguments, in order after the pointers
+    meta: dict  # its layout constexprs and num_warps
+
+
+def bwd_plan(x, config: dict | None = None) -> BwdPlan:
+    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`bwd_config`'s), cached:
+    a training step asks for the same few plans on every call."""
+    items = None if config is None else tuple(sorted(config.items()))
+    return _bwd_plan(x.shape, x.stride(), x.dtype, x.device, items)
+
+
+@functools.lru_cache(maxsize=1024)
+def _bwd_plan(shape, strides, dtype, device, config_items) -> BwdPlan:
+    N, C, H, W = shape
+    HW = H * W
+    lay = layout_of(shape, strides)
+    if config_items is None:
+        cfg = bwd_config(N, C, HW, lay.channels_last, dtype.itemsize, multiprocessor_count(device))
+    else:
+        cfg = dict(config_items)
+    walk_c = not lay.channels_last
+    c_axis, hw_axis = (C, cfg["BLOCK_C"], lay.stride_c), (HW, cfg["BLOCK_HW"], lay.stride_hw)
+    (walk, block_w, stride_w), (fast, block_f, stride_f) = (c_axis, hw_axis) if walk_c else (hw_axis, c_axis)
+    per_split = max(1, cdiv(walk, block_w) // max(1, cfg["SPLITS"])) * block_w
+    blocks, splits = cdiv(fast, block_f), cdiv(walk, per_split)
+    # The kernel's gw_part[n, w, block] and gf_part[n, f, split], as strides into the contiguous
+    # gmc_part (N, C, P_hw) and gms_part (N, P_c, HW).
+    if walk_c:
+        gmc_part, gms_part = (N, C, blocks), (N, splits, HW)
+        part_strides = (C * blocks, blocks, 1, splits * HW, 1, HW)
+    else:
+        gmc_part, gms_part = (N, C, splits), (N, blocks, HW)
+        part_strides = (blocks * HW, 1, HW, C * splits, splits, 1)
+    return BwdPlan(
+        walk_c, blocks, splits, per_split, gmc_part, gms_part,
+        grid=(N * blocks * splits,),
+        args=(walk, fast, lay.stride_n, stride_w, stride_f, *part_strides, blocks, splits, per_split),
+        meta={"BLOCK_W": block_w, "BLOCK_F": block_f, "INT64": cfg.get("INT64", lay.int64),
+              "COMPUTE": compute_dtype(dtype), "NUM_STAGES": cfg.get("NUM_STAGES", 1),
+              "num_warps": cfg.get("num_warps", 4)},
+    )  # fmt: skip
 
 
 def bwd_grid(x, config: dict) -> tuple[bool, int, int, int]:
     """(walk_c, blocks, splits, per_split) of a launch: ``blocks`` along the fast axis, the walked
     axis cut into ``splits`` of ``per_split`` elements (whole chunks, none empty, at least the
     SPLITS asked for wherever there are that many chunks)."""
-    _, C, H, W = x.shape
-    HW = H * W
-    walk_c = not gate_layout(x).channels_last
-    if walk_c:
-        (fast, fast_block), (slow, slow_block) = (HW, config["BLOCK_HW"]), (C, config["BLOCK_C"])
-    else:
-        (fast, fast_block), (slow, slow_block) = (C, config["BLOCK_C"]), (HW, config["BLOCK_HW"])
-    chunks = cdiv(slow, slow_block)
-    per_split = max(1, chunks // max(1, config["SPLITS"])) * slow_block
-    return walk_c, cdiv(fast, fast_block), cdiv(slow, per_split), per_split
+    plan = bwd_plan(x, config)
+    return plan.walk_c, plan.blocks, plan.splits, plan.per_split
 
 
 def bwd_partial_shapes(x, config: dict) -> tuple[tuple, tuple]:
     """Shapes of (gmc_part, gms_part) for ``x`` (N, C, H, W): (N, C, P_hw) and (N, P_c, H·W)."""
-    N, C, H, W = x.shape
-    walk_c, blocks, splits, _ = bwd_grid(x, config)
-    p_hw, p_c = (blocks, splits) if walk_c else (splits, blocks)
-    return (N, C, p_hw), (N, p_c, H * W)
+    plan = bwd_plan(x, config)
+    return plan.gmc_part_shape, plan.gms_part_shape
 
 
-def launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, *, combine: str, residual: bool, config: dict):
+def launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, *, combine: str, residual: bool,
+                    config: dict | None = None, plan: BwdPlan | None = None):  # fmt: skip
     """Stage one of the backward: write ``gx`` and the gmc/gms partial sums.
 
-    Shapes: g, x, gx (N, C, H, W) with x's strides; mc (N, C), ms (N, H·W) contiguous or None;
+    Shapes: g, x, gx (N, C, H, W) with x's strides; mc (N, C), ms (N, H·W) contiguous or None
+    (any shape holding those elements in that order will do: only the pointers are used);
     gmc_part and gms_part as :func:`bwd_partial_shapes`, in the compute dtype (None where the
-    map is None). ``config`` as :func:`bwd_config` returns (``INT64`` forces 64-bit offsets).
+    map is None). ``config`` as :func:`bwd_config` returns (``INT64`` forces 64-bit offsets;
+    ``NUM_STAGES`` and ``num_warps`` default to 1 and 4);
+    ``plan``, when the caller has it already, is :func:`bwd_plan` of x and config.
     """
-    N, C, H, W = x.shape
     if x.numel() == 0:
         return
-    lay = gate_layout(x)
-    walk_c, blocks, splits, per_split = bwd_grid(x, config)
-    gate_bwd_kernel[(N * blocks * splits,)](
-        g, x, mc if mc is not None else x, ms if ms is not None else x, gx,
-        gmc_part if mc is not None else gx, gms_part if ms is not None else gx,
-        C, H * W, lay.stride_n, lay.stride_c, lay.stride_hw, blocks, splits, per_split,
-        COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None,
-        RESIDUAL=residual, WALK_C=walk_c, BLOCK_C=config["BLOCK_C"], BLOCK_HW=config["BLOCK_HW"],
-        INT64=config.get("INT64", lay.int64), COMPUTE=compute_dtype(x), num_warps=config.get("num_warps", 4),
+    plan = plan or bwd_plan(x, config)
+    mw, mf, gw_part, gf_part = (mc, ms, gmc_part, gms_part) if plan.walk_c else (ms, mc, gms_part, gmc_part)
+    gate_bwd_kernel[plan.grid](
+        g, x, mw if mw is not None else x, mf if mf is not None else x, gx,
+        gw_part if mw is not None else gx, gf_part if mf is not None else gx, *plan.args,
+        COMBINE=COMBINE_CODES[combine], HAS_MW=mw is not None, HAS_MF=mf is not None, RESIDUAL=residual,
+        **plan.meta,
     )  # fmt: skip
 
 
 def launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block: int = 1024):
     """Stage two of the backward: ``gmc = gmc_part.sum(-1)``, ``gms = gms_part.sum(1)`` in one launch.
 
-    Shapes: gmc_part (N, C, hw-blocks) → gmc (N, C); gms_part (N, c-splits, HW) → gms (N, HW);
-    either pair may be None. The outputs take their own dtypes (the maps').
+    Shapes: gmc_part (N, C, P_hw) → gmc (N, C); gms_part (N, P_c, HW) → gms (N, HW), or any
+    shape of as many elements; either pair may be None. The outputs keep their dtypes (the maps').
     """
     gmc_total = gmc.numel() if gmc is not None else 0
     gms_total = gms.numel() if gms is not None else 0
@@ -251,22 +274,20 @@ def launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block: int = 1024):
 def gate_bwd(g, x, mc, ms, *, combine: str, residual: bool, config: dict | None = None):
     """Gradients of the gate: returns ``(gx, gmc, gms)``, gmc/gms None where mc/ms is None.
 
-    Shapes as :func:`launch_gate_bwd`; g must have x's strides. gx has x's dtype, gmc (N, C)
-    and gms (N, H·W) the dtypes of mc/ms. Two launches: stage one, then the fixed-order reduction.
+    Shapes as :func:`launch_gate_bwd`; g must have x's strides. gx has x's dtype, gmc and gms
+    the shapes and dtypes of mc and ms. Two launches: stage one, then the fixed-order reduction.
     """
     N, C, H, W = x.shape
-    cfg = config or bwd_config(N, C, H * W, gate_layout(x).channels_last, x.element_size(),
-                               multiprocessor_count(x.device))  # fmt: skip
+    plan = bwd_plan(x, config)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    gmc_shape, gms_shape = bwd_partial_shapes(x, cfg)
     gx = torch.empty_like(x)
     gmc_part = gms_part = gmc = gms = None
     if mc is not None:
-        gmc_part = torch.empty(gmc_shape, device=x.device, dtype=acc_dtype)
-        gmc = torch.empty((N, C), device=x.device, dtype=mc.dtype)
+        gmc_part = torch.empty(plan.gmc_part_shape, device=x.device, dtype=acc_dtype)
+        gmc = torch.empty(mc.shape, device=x.device, dtype=mc.dtype)
     if ms is not None:
-        gms_part = torch.empty(gms_shape, device=x.device, dtype=acc_dtype)
-        gms = torch.empty((N, H * W), device=x.device, dtype=ms.dtype)
-    launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, combine=combine, residual=residual, config=cfg)
+        gms_part = torch.empty(plan.gms_part_shape, device=x.device, dtype=acc_dtype)
+        gms = torch.empty(ms.shape, device=x.device, dtype=ms.dtype)
+    launch_gate_bwd(g, x, mc, ms, gx, gmc_part, gms_part, combine=combine, residual=residual, plan=plan)
     launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms)
     return gx, gmc, gms

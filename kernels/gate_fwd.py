@@ -6,12 +6,15 @@ memory-contiguous one (hw for NCHW, c for channels_last), so accesses are 16 byt
 whenever the shapes allow it.
 """
 
+import functools
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
-from .layout import TILE_BYTES, cdiv, compute_dtype, gate_layout, tile_shape
+from .layout import TILE_BYTES, cdiv, compute_dtype, layout_of, tile_shape
 
 
 @triton.jit
@@ -61,29 +64,52 @@ def fwd_config(C: int, HW: int, channels_last: bool, element_size: int) -> dict:
     return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "num_warps": 4}
 
 
+class FwdPlan(NamedTuple):
+    """What a forward launch derives from x's shape, layout and dtype and the config."""
+
+    grid: tuple
+    args: tuple  # the kernel's scalar arguments, in order after the pointers
+    meta: dict  # its block constexprs and num_warps
+
+
+def fwd_plan(x, config: dict | None = None) -> FwdPlan:
+    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`fwd_config`'s), cached."""
+    items = None if config is None else tuple(sorted(config.items()))
+    return _fwd_plan(x.shape, x.stride(), x.dtype, items)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fwd_plan(shape, strides, dtype, config_items) -> FwdPlan:
+    N, C, H, W = shape
+    HW = H * W
+    lay = layout_of(shape, strides)
+    cfg = fwd_config(C, HW, lay.channels_last, dtype.itemsize) if config_items is None else dict(config_items)
+    num_c_blocks = cdiv(C, cfg["BLOCK_C"])
+    num_hw_blocks = cdiv(HW, cfg["BLOCK_HW"])
+    return FwdPlan(
+        grid=(N * num_c_blocks * num_hw_blocks,),
+        args=(C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_c_blocks, num_hw_blocks),
+        meta={"BLOCK_C": cfg["BLOCK_C"], "BLOCK_HW": cfg["BLOCK_HW"], "INT64": cfg.get("INT64", lay.int64),
+              "COMPUTE": compute_dtype(dtype), "num_warps": cfg.get("num_warps", 4)},
+    )  # fmt: skip
+
+
 def launch_gate_fwd(x, mc, ms, y, *, combine: str, residual: bool, config: dict | None = None) -> torch.Tensor:
     """Write the gated ``x`` into ``y``.
 
     Shapes: x, y (N, C, H, W), same strides, contiguous or channels_last; mc (N, C) contiguous
-    or None; ms (N, H·W) contiguous or None (not both None). ``config`` overrides the block
+    or None; ms (N, H·W) contiguous or None, not both None (any shape holding those elements in
+    that order will do: only the pointers are used). ``config`` overrides the block
     heuristic (``BLOCK_C``, ``BLOCK_HW``, ``num_warps``; ``INT64`` forces 64-bit offsets);
     tests use it to force many tiles and the int64 path on small tensors.
     Returns ``y``.
     """
-    N, C, H, W = x.shape
-    HW = H * W
     if x.numel() == 0:
         return y
-    lay = gate_layout(x)
-    cfg = config or fwd_config(C, HW, lay.channels_last, x.element_size())
-    num_c_blocks = cdiv(C, cfg["BLOCK_C"])
-    num_hw_blocks = cdiv(HW, cfg["BLOCK_HW"])
-    grid = (N * num_c_blocks * num_hw_blocks,)
-    gate_fwd_kernel[grid](
-        x, mc if mc is not None else x, ms if ms is not None else x, y,
-        C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_c_blocks, num_hw_blocks,
-        COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None,
-        RESIDUAL=residual, BLOCK_C=cfg["BLOCK_C"], BLOCK_HW=cfg["BLOCK_HW"],
-        INT64=cfg.get("INT64", lay.int64), COMPUTE=compute_dtype(x), num_warps=cfg.get("num_warps", 4),
+    plan = fwd_plan(x, config)
+    gate_fwd_kernel[plan.grid](
+        x, mc if mc is not None else x, ms if ms is not None else x, y, *plan.args,
+        COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None, RESIDUAL=residual,
+        **plan.meta,
     )  # fmt: skip
     return y

@@ -1,6 +1,7 @@
 """Compile the gate kernels ahead of time for a GPU target, without a GPU, and report on them.
 
     python -m bam_fused.kernels.inspect --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
+                                        [--bwd-stages N]
 
 For every kernel at representative specialisations (each combine mode, channel-only and
 spatial-only, the block shapes the launch heuristics pick for a ResNet-50 BAM map; the
@@ -35,6 +36,7 @@ N, C, HW = 64, 256, 56 * 56
 
 _WIDE_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z0-9_]+)*\.(v4\.(?:b32|f32|u32)|v2\.(?:b64|f64|u64))\b")
 _ANY_ACCESS = re.compile(r"\b(ld|st)\.global\b")
+_ASYNC_COPY_128 = re.compile(r"\bcp\.async\.c[ag]\.shared\.global(?:\.\w+)*\s*\[[^]]+\],\s*\[[^]]+\],\s*(?:16|0x10)\b")
 
 
 @dataclass
@@ -51,11 +53,12 @@ class KernelReport:
     registers: int
     spill_bytes: int
     shared_bytes: int
+    async_copies_128: int  # 16-byte cp.async: loads the pipeliner routes through shared memory
 
     @property
     def wide(self) -> bool:
-        """All bulk traffic 128-bit: at least one 128-bit load and store, as many as the tile needs."""
-        return self.loads_128 > 0 and self.stores_128 > 0
+        """All bulk traffic 128-bit: at least one 128-bit load (or 16-byte cp.async) and store."""
+        return (self.loads_128 > 0 or self.async_copies_128 > 0) and self.stores_128 > 0
 
 
 def _specialise(fn, args: dict, constexprs: dict, ptr_types: dict):
@@ -80,6 +83,11 @@ def _specialise(fn, args: dict, constexprs: dict, ptr_types: dict):
                 if value % 16 == 0:
                     attrs[(i,)] = BaseBackend.parse_attr("D")
     return signature, consts, attrs
+
+
+def _block_label(meta: dict) -> str:
+    """The block constexprs in the kernel's order (the last one is the contiguous axis), and warps."""
+    return "x".join(str(v) for k, v in meta.items() if k.startswith("BLOCK")) + f"/w{meta['num_warps']}"
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
@@ -109,63 +117,59 @@ def _count(ptx: str, kind: str) -> tuple[int, int]:
     return wide, total
 
 
-def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | None = None) -> list[KernelReport]:
-    """Compile forward and backward in every mode for ``arch`` (e.g. 90) and report on each."""
+def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | None = None,
+                    bwd_stages: int | None = None) -> list[KernelReport]:  # fmt: skip
+    """Compile forward and backward in every mode for ``arch`` (e.g. 90) and report on each;
+    ``bwd_stages`` overrides the backward's NUM_STAGES (its walk prefetched through cp.async)."""
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .gate_bwd import bwd_config, bwd_grid, gate_bwd_kernel, gate_bwd_reduce_kernel
-    from .gate_fwd import fwd_config, gate_fwd_kernel
+    from .gate_bwd import bwd_config, bwd_plan, gate_bwd_kernel, gate_bwd_reduce_kernel
+    from .gate_fwd import fwd_config, fwd_plan, gate_fwd_kernel
     from .gate_math import COMBINE_CODES
-    from .layout import cdiv
 
     compute = "fp64" if dtype == "fp64" else "fp32"
-    strides = {"stride_n": C * HW, "stride_c": 1 if channels_last else HW, "stride_hw": C if channels_last else 1}
     layout = "channels_last" if channels_last else "nchw"
     target = GPUTarget("cuda", arch, 32)
-    tl_compute = triton.language.float64 if compute == "fp64" else triton.language.float32
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+    shaped = torch.empty((N, C, HW, 1), device="meta", dtype=torch_dtype[dtype])
+    x = shaped.to(memory_format=torch.channels_last) if channels_last else shaped
+    fcfg = fwd_config(C, HW, channels_last, ELEMENT_SIZE[dtype])
+    bcfg = bwd_config(N, C, HW, channels_last, ELEMENT_SIZE[dtype], num_sms=132)
+    if bwd_stages is not None:
+        bcfg["NUM_STAGES"] = bwd_stages
+    # The launchers' own plans: the scalar arguments and block constexprs a real launch passes.
+    fplan, bplan = fwd_plan(x, fcfg), bwd_plan(x, bcfg)
+    fwd_ptrs = {"x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "y_ptr": dtype}
+    bwd_ptrs = {"g_ptr": dtype, "x_ptr": dtype, "mw_ptr": dtype, "mf_ptr": dtype, "gx_ptr": dtype,
+                "gw_part_ptr": compute, "gf_part_ptr": compute}  # fmt: skip
     reports = []
     for mode, combine, has_mc, has_ms in MODES:
-        common = {"COMBINE": COMBINE_CODES[combine], "HAS_MC": has_mc, "HAS_MS": has_ms, "RESIDUAL": True,
-                  "INT64": False, "COMPUTE": tl_compute}  # fmt: skip
-        fcfg = fwd_config(C, HW, channels_last, ELEMENT_SIZE[dtype])
-        bcfg = bwd_config(N, C, HW, channels_last, ELEMENT_SIZE[dtype], num_sms=132)
-        import torch
-
-        shaped = torch.empty((N, C, HW, 1), device="meta")
-        walk_c, blocks, splits, per_split = bwd_grid(
-            shaped.to(memory_format=torch.channels_last) if channels_last else shaped, bcfg
-        )
-        fwd_args = {"C": C, "HW": HW, **strides, "num_c_blocks": cdiv(C, fcfg["BLOCK_C"]),
-                    "num_hw_blocks": cdiv(HW, fcfg["BLOCK_HW"])}  # fmt: skip
-        bwd_args = {"C": C, "HW": HW, **strides, "num_blocks": blocks, "num_splits": splits,
-                    "per_split": per_split}  # fmt: skip
+        has_mw, has_mf = (has_mc, has_ms) if bplan.walk_c else (has_ms, has_mc)
+        common = {"COMBINE": COMBINE_CODES[combine], "RESIDUAL": True}
         jobs = [
-            ("gate_fwd_kernel", gate_fwd_kernel, fcfg, fwd_args,
-             {"x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "y_ptr": dtype}),
-            ("gate_bwd_kernel", gate_bwd_kernel, bcfg, bwd_args,
-             {"g_ptr": dtype, "x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "gx_ptr": dtype,
-              "gmc_part_ptr": compute, "gms_part_ptr": compute}),
+            ("gate_fwd_kernel", gate_fwd_kernel, fplan.meta, fplan.args, fwd_ptrs,
+             {**common, "HAS_MC": has_mc, "HAS_MS": has_ms}),
+            ("gate_bwd_kernel", gate_bwd_kernel, bplan.meta, bplan.args, bwd_ptrs,
+             {**common, "HAS_MW": has_mw, "HAS_MF": has_mf}),
         ]  # fmt: skip
         if mode == "sum":  # stage two of the backward does not depend on the mode
+            gmc_p, gms_p = bplan.gmc_part_shape[-1], bplan.gms_part_shape[1]
             jobs.append((
                 "gate_bwd_reduce_kernel", gate_bwd_reduce_kernel, {"BLOCK": 1024, "num_warps": 4},
-                {"gmc_total": N * C, "num_hw_blocks": splits if channels_last else blocks,
-                 "gmc_programs": N * C // 1024, "gms_total": N * HW,
-                 "num_c_splits": blocks if channels_last else splits, "HW": HW},
+                (N * C, gmc_p, N * C // 1024, N * HW, gms_p, HW),
                 {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype},
+                {"HAS_MC": has_mc, "HAS_MS": has_ms},
             ))  # fmt: skip
-        for name, fn, cfg, args, ptrs in jobs:
-            if "BLOCK" in cfg:
-                constexprs = {"HAS_MC": has_mc, "HAS_MS": has_ms, "BLOCK": cfg["BLOCK"]}
-            else:
-                constexprs = {**common, "BLOCK_C": cfg["BLOCK_C"], "BLOCK_HW": cfg["BLOCK_HW"]}
-                if fn is gate_bwd_kernel:
-                    constexprs["WALK_C"] = walk_c
+        for name, fn, meta, scalars, ptrs, flags in jobs:
+            constexprs = {k: v for k, v in meta.items() if k != "num_warps"} | flags
+            scalar_names = [a for a in fn.arg_names if a not in ptrs and a not in constexprs]
+            args = dict(zip(scalar_names, scalars, strict=True))
             signature, consts, attrs = _specialise(fn, args, constexprs, ptrs)
             src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
-            compiled = triton.compile(src, target=target, options={"num_warps": cfg["num_warps"]})
+            compiled = triton.compile(src, target=target, options={"num_warps": meta["num_warps"]})
             ptx = compiled.asm["ptx"]
             if ptx_dir:
                 os.makedirs(ptx_dir, exist_ok=True)
@@ -176,8 +180,9 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
             regs, spills = _ptxas_report(ptx, arch)
             reports.append(KernelReport(
                 name, mode, dtype, layout,
-                f"{cfg.get('BLOCK_C', cfg.get('BLOCK'))}x{cfg.get('BLOCK_HW', 1)}/w{cfg['num_warps']}",
+                _block_label(meta),
                 loads_128, loads, stores_128, stores, regs, spills, compiled.metadata.shared,
+                len(_ASYNC_COPY_128.findall(ptx)),
             ))  # fmt: skip
     return reports
 
@@ -189,19 +194,21 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--ptx", metavar="DIR", help="write each kernel's PTX here")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
+    parser.add_argument("--bwd-stages", type=int, help="the backward's NUM_STAGES (default: the heuristic's)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
     arch = int(args.arch.removeprefix("sm_"))
-    reports = compile_kernels(arch, args.dtype, args.channels_last, args.ptx)
+    reports = compile_kernels(arch, args.dtype, args.channels_last, args.ptx, args.bwd_stages)
     if args.json:
         print(json.dumps([asdict(r) | {"wide": r.wide} for r in reports], indent=1))
         return 0
     print(f"{'kernel':<23} {'mode':<13} {'dtype':<5} {'layout':<13} {'block':<14} "
-          f"{'ld128/ld':>8} {'st128/st':>8} {'regs':>5} {'spill':>5} {'smem':>6}  128-bit")  # fmt: skip
+          f"{'ld128/ld':>8} {'st128/st':>8} {'cp.async':>8} {'regs':>5} {'spill':>5} {'smem':>6}  128-bit")  # fmt: skip
     for r in reports:
         print(f"{r.kernel:<23} {r.mode:<13} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
-              f"{r.loads_128:>3}/{r.loads_total:<4} {r.stores_128:>3}/{r.stores_total:<4} {r.registers:>5} "
+              f"{r.loads_128:>3}/{r.loads_total:<4} {r.stores_128:>3}/{r.stores_total:<4} {r.async_copies_128:>8} "
+              f"{r.registers:>5} "
               f"{r.spill_bytes:>5} {r.shared_bytes:>6}  {'yes' if r.wide else 'NO'}")  # fmt: skip
     return 0
 

@@ -35,16 +35,22 @@ def gate_layout(x: torch.Tensor) -> GateLayout:
 
     Raises ValueError for a layout that is neither contiguous nor channels_last.
     """
-    n, c, h, w = x.shape
+    return layout_of(x.shape, x.stride())
+
+
+@functools.lru_cache(maxsize=1024)
+def layout_of(shape: tuple, strides: tuple) -> GateLayout:
+    """:func:`gate_layout` by shape and strides, cached: launches look it up on every call."""
+    n, c, h, w = shape
     hw = h * w
-    int64 = x.numel() >= 2**31
-    if x.is_contiguous():
+    int64 = n * c * hw >= 2**31
+    # torch's own contiguity rules (size-1 and empty dims), on a meta tensor: no data, no device.
+    probe = torch.empty_strided(shape, strides, device="meta")
+    if probe.is_contiguous():
         return GateLayout(c * hw, hw, 1, False, int64)
-    if x.is_contiguous(memory_format=torch.channels_last):
+    if probe.is_contiguous(memory_format=torch.channels_last):
         return GateLayout(hw * c, 1, c, True, int64)
-    raise ValueError(
-        f"x must be contiguous or channels_last, got shape {tuple(x.shape)} with strides {x.stride()}"
-    )
+    raise ValueError(f"x must be contiguous or channels_last, got shape {tuple(shape)} with strides {tuple(strides)}")
 
 
 def cdiv(a: int, b: int) -> int:
@@ -69,9 +75,9 @@ def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: 
     return block_c, block_hw
 
 
-def compute_dtype(x: torch.Tensor):
-    """float64 stays float64 (gradcheck); everything else is computed in float32."""
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
+def compute_dtype(dtype: torch.dtype):
+    """The kernels' compute dtype for x of ``dtype``: float64 stays float64 (gradcheck), else float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def multiprocessor_count(device: torch.device) -> int:

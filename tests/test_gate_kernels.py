@@ -13,7 +13,9 @@ from bam_fused.kernels import (
     bwd_config,
     bwd_grid,
     bwd_partial_shapes,
+    bwd_plan,
     fwd_config,
+    fwd_plan,
     gate_bwd,
     launch_gate_bwd,
     launch_gate_bwd_reduce,
@@ -94,6 +96,13 @@ def test_odd_shapes_with_launch_heuristics(shape, layout, device):
     channels_last = LAYOUTS[layout] and not x.is_contiguous()
     bwd_cfg = bwd_config(N, C, H * W, channels_last, x.element_size(), num_sms=8)
     check_all(x, mc, ms, combine, True, None, bwd_cfg)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pipelined_backward_walk(layout, device):
+    """NUM_STAGES > 1 (the walk prefetched through shared memory on a GPU) computes the same thing."""
+    x, mc, ms, combine = make_inputs(SHAPE, "product", torch.bfloat16, LAYOUTS[layout], device=device)
+    check_all(x, mc, ms, combine, True, SMALL_FWD, {**SMALL_BWD, "NUM_STAGES": 3})
 
 
 @pytest.mark.parametrize("mode", ["sum", "max"])
@@ -234,3 +243,17 @@ def test_heuristics_cover_the_resnet_shapes():
         walk_c, blocks, splits, _ = bwd_grid(x.to(memory_format=torch.channels_last) if cl else x, b)
         chunks = -(-c // b["BLOCK_C"]) if walk_c else -(-hw // b["BLOCK_HW"])
         assert 64 * blocks * splits >= min(PROGRAMS_PER_SM * 132, 64 * blocks * chunks), (c, hw, b)
+
+
+def test_launch_plans_are_cached_per_shape_layout_dtype_and_config():
+    """A launch looks its plan up: equal inputs share one, any difference that matters does not."""
+    x = torch.empty(2, 8, 3, 5)
+    xc = x.to(memory_format=torch.channels_last)
+    assert bwd_plan(x) is bwd_plan(torch.empty(2, 8, 3, 5))
+    assert bwd_plan(x).walk_c and not bwd_plan(xc).walk_c
+    assert bwd_plan(x, SMALL_BWD) is bwd_plan(x, dict(reversed(SMALL_BWD.items())))
+    assert bwd_plan(x, SMALL_BWD) is not bwd_plan(x, {**SMALL_BWD, "SPLITS": 1})
+    assert fwd_plan(x) is fwd_plan(x.clone()) and fwd_plan(x) is not fwd_plan(x.double())
+    assert fwd_plan(x).args != fwd_plan(xc).args  # strides differ
+    with pytest.raises(ValueError, match=r"contiguous or channels_last.*\(2, 8, 3, 5\)"):
+        fwd_plan(x.transpose(2, 3).contiguous().transpose(2, 3))

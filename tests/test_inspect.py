@@ -1,6 +1,7 @@
 """Ahead-of-time compilation for sm_80 and sm_90 without a GPU: every kernel lowers to PTX and a
 cubin, without spills, and the forward kernels' global accesses are 128-bit in every dtype and
-both layouts (what vectorised memory traffic needs)."""
+both layouts (what vectorised memory traffic needs); the backward's NUM_STAGES knob really
+routes its walk through cp.async."""
 
 import json
 import os
@@ -18,6 +19,9 @@ for arch in (80, 90):
     for dtype in ("fp16", "bf16", "fp32", "fp64"):
         for cl in (False, True):
             out += [asdict(r) | {"wide": r.wide, "arch": arch} for r in compile_kernels(arch, dtype, cl)]
+for cl in (False, True):
+    out += [asdict(r) | {"wide": r.wide, "arch": 90, "bwd_stages": 3}
+            for r in compile_kernels(90, "bf16", cl, bwd_stages=3) if r.kernel == "gate_bwd_kernel"]
 json.dump(out, sys.stdout)
 """
 
@@ -30,10 +34,15 @@ def reports():
     return json.loads(proc.stdout)
 
 
-def test_every_kernel_compiles(reports):
-    kernels = {(r["arch"], r["dtype"], r["layout"], r["kernel"], r["mode"]) for r in reports}
+@pytest.fixture(scope="module")
+def default_reports(reports):
+    return [r for r in reports if "bwd_stages" not in r]
+
+
+def test_every_kernel_compiles(default_reports):
+    kernels = {(r["arch"], r["dtype"], r["layout"], r["kernel"], r["mode"]) for r in default_reports}
     assert len(kernels) == 2 * 4 * 2 * (2 * 5 + 1)
-    for r in reports:
+    for r in default_reports:
         assert r["registers"] > 0, r
         # The target arch in the dtypes that run for speed; sm_80's ptxas and float64 (gradcheck
         # only) may spill a few bytes in the max backward.
@@ -41,17 +50,26 @@ def test_every_kernel_compiles(reports):
             assert r["spill_bytes"] == 0, r
 
 
-def test_forward_accesses_are_128_bit(reports):
-    for r in reports:
+def test_forward_accesses_are_128_bit(default_reports):
+    for r in default_reports:
         if r["kernel"] == "gate_fwd_kernel":
             assert r["wide"], r
 
 
-def test_backward_bulk_accesses_are_128_bit(reports):
+def test_backward_bulk_accesses_are_128_bit(default_reports):
     """g and x loads and gx stores vectorise too (the partial sums are the narrow ones)."""
-    for r in reports:
+    for r in default_reports:
         if r["kernel"] == "gate_bwd_kernel":
-            assert r["loads_128"] >= 2 and r["stores_128"] >= 1, r
+            assert r["loads_128"] >= 2 and r["stores_128"] >= 1 and r["async_copies_128"] == 0, r
+
+
+def test_pipelined_backward_prefetches_g_and_x_by_16_byte_cp_async(reports):
+    pipelined = [r for r in reports if r.get("bwd_stages") == 3]
+    assert len(pipelined) == 2 * 5, pipelined
+    for r in pipelined:
+        # g and x of each chunk, for each stage in flight, leave the registers' path entirely.
+        assert r["async_copies_128"] >= 2 and r["loads_128"] == 0 and r["stores_128"] >= 1, r
+        assert r["spill_bytes"] == 0 and r["shared_bytes"] > 8192, r
 
 
 def test_cli_writes_ptx(tmp_path):

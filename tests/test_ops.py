@@ -65,14 +65,21 @@ def test_backends_agree_with_reference(mode, backend, device):
 
 
 def test_map_shapes_with_singleton_dims(device):
-    """mc (N, C, 1, 1) and ms (N, 1, H, W) are accepted and their gradients keep those shapes."""
+    """mc (N, C, 1, 1) and ms (N, 1, H, W) are accepted as they are: their gradients keep those
+    shapes, and autograd records no reshape between them and the gate (one node less each)."""
     x, mc, ms = _inputs(device)
     mc4 = mc.view(2, 6, 1, 1).clone().requires_grad_()
     ms4 = ms.view(2, 1, 4, 5).clone().requires_grad_()
     y = bam_gate(x, mc4, ms4, backend="triton")
-    y.sum().backward()
+    inputs = {fn.variable for fn, _ in y.grad_fn.next_functions if fn is not None and hasattr(fn, "variable")}
+    assert inputs == {mc4, ms4}, y.grad_fn.next_functions
+    g = torch.randn_like(y)
+    y.backward(g)
     assert mc4.grad.shape == mc4.shape and ms4.grad.shape == ms4.shape
-    assert_close(y, reference64(x, mc, ms, "sum", True), "y")
+    y_ref, (_, gmc_ref, gms_ref) = reference64(x, mc, ms, "sum", True, g)
+    assert_close(y, y_ref, "y")
+    assert_close(mc4.grad.view(mc.shape), gmc_ref, "gmc")
+    assert_close(ms4.grad.view(ms.shape), gms_ref, "gms")
 
 
 def test_dispatch(monkeypatch):

@@ -22,11 +22,11 @@ SMALL_FWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "num_warps": 2}
 SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "SPLITS": 3, "num_warps": 2}
 
 
-def _case(shape, mode, dtype, cl=False, residual=True, map_dtype=None, ties=False, small=False):
+def _case(shape, mode, dtype, cl=False, residual=True, map_dtype=None, ties=False, small=False, stages=1):
     name = (f"{mode}-{'res' if residual else 'nores'}-{str(dtype)[6:]}-{'cl' if cl else 'nchw'}-"
             f"{'x'.join(map(str, shape))}" + ("-mapf32" if map_dtype else "") + ("-ties" if ties else "")
-            + ("-smalltiles" if small else ""))  # fmt: skip
-    return pytest.param(shape, mode, dtype, cl, residual, map_dtype, ties, small, id=name)
+            + ("-smalltiles" if small else "") + (f"-stages{stages}" if stages > 1 else ""))  # fmt: skip
+    return pytest.param(shape, mode, dtype, cl, residual, map_dtype, ties, small, stages, id=name)
 
 
 CASES = (
@@ -38,11 +38,14 @@ CASES = (
        _case((2, 48, 14, 14), "sum", BF16, cl=True, map_dtype=F32),
        _case((2, 24, 7, 7), "channel", BF16, cl=True), _case((2, 24, 7, 7), "spatial", BF16, cl=True),
        _case((2, 40, 9, 11), "sum", F32, small=True), _case((2, 40, 9, 11), "sum", BF16, cl=True, small=True)]
+    # The backward's walk prefetched through shared memory (cp.async), a tuning candidate.
+    + [_case((2, 40, 9, 11), "product", BF16, cl, small=True, stages=3) for cl in (False, True)]
+    + [_case((2, 64, 28, 28), "product", BF16, cl, stages=3) for cl in (False, True)]
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("shape,mode,dtype,cl,residual,map_dtype,ties,small", CASES)
-def test_kernels_match_float64_reference(request, shape, mode, dtype, cl, residual, map_dtype, ties, small):
+@pytest.mark.parametrize("shape,mode,dtype,cl,residual,map_dtype,ties,small,stages", CASES)
+def test_kernels_match_float64_reference(request, shape, mode, dtype, cl, residual, map_dtype, ties, small, stages):
     n, c, h, w = shape
     x, mc, ms, combine = make_inputs(shape, mode, dtype, cl, map_dtype, device=DEVICE)
     if ties:  # integers: mc == ms at many (c, hw), where max splits the gradient in half
@@ -55,6 +58,7 @@ def test_kernels_match_float64_reference(request, shape, mode, dtype, cl, residu
     launch_gate_fwd(x, mc, ms_flat, y, combine=combine, residual=residual, config=SMALL_FWD if small else None)
 
     cfg = SMALL_BWD if small else bwd_config(n, c, h * w, cl, x.element_size(), multiprocessor_count(DEVICE))
+    cfg = {**cfg, "NUM_STAGES": stages}
     gmc_shape, gms_shape = bwd_partial_shapes(x, cfg)
     gx = poisoned_like(x)
     nan = float("nan")
