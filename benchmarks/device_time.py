@@ -1,6 +1,6 @@
 """Device time against host-inclusive time for the gate, and the ResNet-50 step, on a GPU.
 
-    python -m benchmarks.device_time [--out FILE.json] [--quick]
+    python -m benchmarks.device_time [--out FILE.json] [--quick] [--gate-only]
 
 For the ResNet-50 BAM shapes (bf16, batch 64, both layouts) it times the fused and the eager
 gate two ways: ``do_bench`` (CUDA events around each call, after an L2 flush: host dispatch
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="write the records here as JSON")
     parser.add_argument("--quick", action="store_true", help="first shape only, no ResNet step")
+    parser.add_argument("--gate-only", action="store_true", help="no ResNet step (gpu_run.sh times it in bench)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks.device_time needs a CUDA device; nothing measured")
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
                                 **{f"pct_copy_{k[:-3]}": v for k, v in pct.items()}})  # fmt: skip
                 cells = "  ".join(f"{k[:-3]} {t[k]:.4f} ms ({pct[k]:4.1f} %)" for k in t if k.endswith("_ms"))
                 print(f"{name:<20} {layout:<13} {str(shape):<18} {cells} {t.get('graph_error', '')}")
-    if not args.quick:
+    if not (args.quick or args.gate_only):
         for provider in ("none", "eager", "fused", "none", "eager", "fused"):
             step = resnet_step(resnet_model(provider, 50, device), 64, 224, device)
             t = measure_steps(step, device, warmup=5, iters=15)

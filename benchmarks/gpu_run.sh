@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The one GPU call: install, record the environment, prove the kernels, benchmark, report.
+# The one GPU call: install, record the environment, prove the kernels, benchmark.
 #
 #   bash benchmarks/gpu_run.sh OUTDIR            # on a bare CUDA machine, from the repo root
 #   bash benchmarks/gpu_run.sh --dry-run OUTDIR  # list the stages and budgets; runs nothing
-#   GPU_RUN_STAGES=bench,report bash benchmarks/gpu_run.sh OUTDIR   # a subset (reruns while tuning)
+#   GPU_RUN_STAGES=bench,device_time bash benchmarks/gpu_run.sh OUTDIR   # a subset (reruns while tuning)
 #
 # Every stage runs under its own `timeout`, and the budgets add up to under 5 minutes, so a
 # stage that overruns loses only its own tail: the benchmark and GPU-check result files are
-# rewritten after every record. OUTDIR receives at most 8 files:
-#   env.txt  tests.log  sanitizer.log  gpu_checks.json  <device>-<date>.json  bench.log  perf.md  perf.png
+# rewritten after every record. OUTDIR receives at most 8 files (the device tool returns 8):
+#   env.txt  tests.log  sanitizer.log  gpu_checks.json  <device>-<date>.json  bench.log
+#   device-time.json  host-time.json
+# perf.md and perf.png are rendered from <device>-<date>.json afterwards, on any machine:
+#   python -m benchmarks.report --results OUTDIR/<device>-<date>.json --out-md perf.md --out-png perf.png
 # The last thing printed is a summary (the device tool returns only the output's tail).
 set -uo pipefail
 
@@ -35,13 +38,14 @@ export GPU_RUN_STAGES=${GPU_RUN_STAGES:-all}
 # name | budget (s) | what it does. Order: correctness first, then the numbers the goals need.
 STAGES=(
     "install|15|pip install --no-deps --no-build-isolation -e . (log: tests.log)"
-    "env|5|nvidia-smi, torch/triton/CUDA/driver versions, compute-sanitizer version -> env.txt"
+    "env|8|nvidia-smi, torch/triton/CUDA/driver versions, compute-sanitizer version -> env.txt"
     "gpu_equiv|30|pytest -m gpu tests/gpu/test_gpu_equivalence.py: kernels vs float64, all modes/dtypes/layouts/odd maps"
-    "bench|117|pytest benchmarks/ --results-dir OUTDIR: gate fwd/bwd/fwd+bwd, BAM module, ResNet-50 step, copy roof"
-    "report|8|python -m benchmarks.report -> perf.md, perf.png"
-    "sanitizer|60|sanitizer_driver.py plain (warms the JIT cache), then compute-sanitizer memcheck and racecheck"
-    "gpu_probes|40|pytest -m gpu tests/gpu: determinism (20 runs), >2^31 elements, saved bytes + ResNet peak, compile"
-    "core_tests|20|pytest -m gpu -x tests --ignore=tests/gpu: the suite's device tests, for as long as the budget allows"
+    "bench|110|pytest benchmarks/ --results-dir OUTDIR: gate fwd/bwd/fwd+bwd, BAM module, ResNet-50 step, copy roof"
+    "device_time|30|python -m benchmarks.device_time --gate-only: CUDA-graph device time vs events -> device-time.json"
+    "host_time|12|python -m benchmarks.host_time: host µs per call, real and no-op kernels -> host-time.json"
+    "sanitizer|45|sanitizer_driver.py plain (warms the JIT cache), then compute-sanitizer memcheck and racecheck"
+    "gpu_probes|35|pytest -m gpu tests/gpu: determinism (20 runs), >2^31 elements, saved bytes + ResNet peak, compile"
+    "core_tests|10|pytest -m gpu -x tests --ignore=tests/gpu: the suite's device tests, for as long as the budget allows"
 )
 
 run_pytest() {
@@ -85,11 +89,12 @@ stage_bench() {
     return $rc
 }
 
-stage_report() {
-    local results
-    results=$(ls -t "$OUT"/*-*.json 2>/dev/null | grep -v gpu_checks | head -n 1)
-    [[ -n $results ]] || { echo "no benchmark result file in $OUT"; return 1; }
-    "$PY" -m benchmarks.report --results "$results" --out-md "$OUT/perf.md" --out-png "$OUT/perf.png"
+stage_device_time() {
+    "$PY" -m benchmarks.device_time --gate-only --out "$OUT/device-time.json"
+}
+
+stage_host_time() {
+    "$PY" -m benchmarks.host_time --repeats 30 --out "$OUT/host-time.json"
 }
 
 sanitizer_bin() {
@@ -143,7 +148,8 @@ stage_core_tests() {
     run_pytest -m gpu -x "${parallel[@]}" tests --ignore=tests/gpu
 }
 
-export -f run_pytest stage_install stage_env stage_gpu_equiv stage_bench stage_report sanitizer_bin sanitize \
+export -f run_pytest stage_install stage_env stage_gpu_equiv stage_bench stage_device_time stage_host_time \
+    sanitizer_bin sanitize \
     stage_sanitizer \
     stage_gpu_probes stage_core_tests
 
@@ -228,8 +234,8 @@ for k, v in checks.items():
     if not k.startswith("equivalence/"):
         print(f"{k}: {json.dumps(v, separators=(',', ':'))[:300]}")
 PYEOF
-echo "--- goals (perf.md)"
-bench_json=$(ls -t "$OUT"/*-*.json 2>/dev/null | grep -v gpu_checks | head -n 1)
+echo "--- goals (from the benchmark file)"
+bench_json=$("$PY" -c "import sys; from benchmarks.results import newest; print(newest(sys.argv[1]))" "$OUT" 2>/dev/null)
 [[ -n $bench_json ]] && "$PY" -m benchmarks.report --results "$bench_json" --summary
 echo "--- files"
 ls -la "$OUT"

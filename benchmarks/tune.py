@@ -1,6 +1,7 @@
 """Sweep the gate kernels' block shapes, warps and c-split on a GPU; print and save the table.
 
-    python -m benchmarks.tune [--out FILE.json] [--dtype bf16] [--quick]
+    python -m benchmarks.tune [--out FILE.json] [--dtype bf16] [--quick] [--ops gate_fwd,gate_bwd]
+                              [--layouts nchw,channels_last]
 
 For each ResNet-50 BAM shape (batch 64) and layout it times the forward and the backward
 (stage one plus the reduction, as users run it) over a small grid of configurations, next
@@ -25,26 +26,25 @@ from .timing import measure
 
 SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LAYOUT_NAMES = {False: "nchw", True: "channels_last"}
 
 
 def fwd_candidates(C, HW, cl, size):
     yield "heuristic", fwd_config(C, HW, cl, size)
-    for tile_bytes, warps, max_fast in itertools.product((4096, 8192, 16384, 32768), (4, 8), (256, 1024)):
+    # Sweeps 1-2 found 32 KiB tiles worst everywhere; 128- and 512-wide rows fit NCHW maps whose
+    # H·W is not near a power of 2 (784 = 6.1 × 128, 3136 = 6.1 × 512) with fewer masked lanes.
+    for tile_bytes, warps, max_fast in itertools.product((4096, 8192, 16384), (4, 8), (128, 256, 512, 1024)):
         bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
         yield f"t{tile_bytes}/w{warps}/f{max_fast}", {"BLOCK_C": bc, "BLOCK_HW": bhw, "num_warps": warps}
 
 
 def bwd_candidates(N, C, HW, cl, size, sms):
     yield "heuristic", bwd_config(N, C, HW, cl, size, sms)
-    warp_width = 32 * 16 // size  # the widest fast axis whose per-chunk sum stays in a warp
-    for tile_bytes, warps, max_fast, per_sm in itertools.product(
-        (4096, 8192, 16384), (4, 8), (warp_width, warp_width // 2), (4, 16)
-    ):
-        bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
-        blocks, chunks = (-(-HW // bhw), -(-C // bc)) if not cl else (-(-C // bc), -(-HW // bhw))
-        splits = max(1, min(chunks, -(-per_sm * sms // (N * blocks))))
-        yield (f"t{tile_bytes}/w{warps}/f{max_fast}/p{per_sm}",
-               {"BLOCK_C": bc, "BLOCK_HW": bhw, "SPLITS": splits, "num_warps": warps})  # fmt: skip
+    # Sweep 2 settled the fast axis (a warp's width of 16-byte vectors) and 4 programs per SM;
+    # this sweep adds the depth of the walk's prefetch through shared memory (NUM_STAGES).
+    for tile_bytes, warps, stages in itertools.product((4096, 8192), (4, 8), (1, 2, 3, 4)):
+        cfg = bwd_config(N, C, HW, cl, size, sms, tile_bytes=tile_bytes)
+        yield f"t{tile_bytes}/w{warps}/s{stages}", {**cfg, "num_warps": warps, "NUM_STAGES": stages}
 
 
 def run_fn(op, cfg, x, mc, ms, y, g):
@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write all timings here as JSON")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--quick", action="store_true", help="the first shape only (smoke runs)")
+    parser.add_argument("--ops", default="gate_fwd,gate_bwd", help="which sweeps, comma-separated")
+    parser.add_argument("--layouts", default="nchw,channels_last", help="which layouts, comma-separated")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
     shapes = SHAPES[:1] if args.quick else SHAPES
     if device.type != "cuda":
         shapes = [(2, 32, 8, 8)]
-    for shape, cl in itertools.product(shapes, (False, True)):
+    layouts = args.layouts.split(",")
+    for shape, cl in itertools.product(shapes, [cl for cl in (False, True) if LAYOUT_NAMES[cl] in layouts]):
         N, C, H, W = shape
         HW = H * W
         x = torch.randn(shape, device=device, dtype=dtype)
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
         mc = torch.randn(N, C, device=device, dtype=dtype)
         ms = torch.randn(N, HW, device=device, dtype=dtype)
         y = torch.empty_like(x)
-        layout = "channels_last" if cl else "nchw"
+        layout = LAYOUT_NAMES[cl]
         # The roof at this size: a copy of x (the forward's bytes) pays the same launch and tail.
         t_copy = measure(functools.partial(y.copy_, x), device, warmup_ms=5, rep_ms=25)
         copy_here = 2 * x.numel() * size / (t_copy.ms_median * 1e-3) / 1e9
@@ -90,6 +93,8 @@ def main(argv=None) -> int:
               f"({t_copy.ms_median:.4f} ms)")  # fmt: skip
         for op, cands in (("gate_fwd", fwd_candidates(C, HW, cl, size)),
                           ("gate_bwd", bwd_candidates(N, C, HW, cl, size, sms))):  # fmt: skip
+            if op not in args.ops.split(","):
+                continue
             best = None
             for name, cfg in cands:
                 fn = run_fn(op, cfg, x, mc, ms, y, g)

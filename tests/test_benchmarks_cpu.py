@@ -27,7 +27,8 @@ from benchmarks import cases, report  # noqa: E402
 from benchmarks.results import HEADER_FIELDS, RECORD_FIELDS, load  # noqa: E402
 
 CUDA = torch.cuda.is_available()
-GPU_RUN_STAGES = ("install", "env", "gpu_equiv", "bench", "report", "sanitizer", "gpu_probes", "core_tests")
+GPU_RUN_STAGES = ("install", "env", "gpu_equiv", "bench", "device_time", "host_time", "sanitizer", "gpu_probes",
+                  "core_tests")
 
 
 def _run(args, timeout, **env):
@@ -123,3 +124,44 @@ def test_result_file_round_trip(tmp_path):
     assert newest(tmp_path) == tmp_path / "a.json"
     with pytest.raises(ValueError, match="unknown record fields"):
         rf.add(provider="x", ms_median=1.0, typo=1, **common)
+
+
+def test_host_time_runs_with_no_op_kernels_and_restores_them(tmp_path):
+    import importlib
+
+    from benchmarks.host_time import KERNELS, stub_kernels
+
+    modules = [importlib.import_module(f"bam_fused.kernels.{m}") for m, _ in KERNELS]
+    before = [getattr(mod, attr) for mod, (_, attr) in zip(modules, KERNELS)]
+    with pytest.raises(RuntimeError, match="inside"):
+        with stub_kernels():
+            assert all(getattr(mod, attr) is not k for mod, (_, attr), k in zip(modules, KERNELS, before))
+            raise RuntimeError("inside")
+    assert all(getattr(mod, attr) is k for mod, (_, attr), k in zip(modules, KERNELS, before))
+
+    out = tmp_path / "host.json"
+    proc = _run([sys.executable, "-m", "benchmarks.host_time", "--quick", "--out", str(out)], 300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    paths = {(r["path"], r["layout"]) for r in records}
+    assert len(paths) == 10 and all(r["host_us"] > 0 for r in records), records
+
+
+@pytest.mark.slow
+def test_tune_quick_sweeps_every_candidate(tmp_path):
+    """The sweep runs each candidate once per layout (kernels through the interpreter on CPU)."""
+    from benchmarks.tune import bwd_candidates, fwd_candidates
+
+    out = tmp_path / "tune.json"
+    proc = _run([sys.executable, "-m", "benchmarks.tune", "--quick", "--out", str(out)], 600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    n, c, h, w = records[0]["shape"]
+    for op, cands in (("gate_fwd", fwd_candidates(c, h * w, False, 4)),
+                      ("gate_bwd", bwd_candidates(n, c, h * w, False, 4, 1))):  # fmt: skip
+        names = [name for name, _ in cands]
+        for layout in ("nchw", "channels_last"):
+            got = [r["config"] for r in records if r["op"] == op and r["layout"] == layout]
+            assert got == names and all(r["ms_median"] > 0 for r in records), (op, layout, got)
+    stages = {r.get("NUM_STAGES") for r in records if r["op"] == "gate_bwd"}
+    assert stages == {1, 2, 3, 4}, stages

@@ -1,0 +1,155 @@
+"""Host time of each way into the fused gate: what Python costs per call, GPU or not.
+
+    python -m benchmarks.host_time [--stub] [--out FILE.json] [--quick]
+
+At maps under 56² the kernels take less time than the Python that launches them (NOTES.md,
+run 3), so host time is a figure to track like GB/s. It is measured per call as the minimum
+over many repeats of a batch of calls (interference only ever adds time). Paths:
+
+    fwd_nograd       bam_gate under no_grad (inference: no autograd node)
+    fwd_grad         bam_gate recording its autograd node (GateFunction)
+    bwd_autograd     torch.autograd.grad through that node, as a training step runs it
+    bwd_launchers    kernels.gate_bwd called directly: the launchers' own cost
+    floor_autograd   an autograd.Function that only allocates its outputs: what any
+                     Python-defined op pays for its node and backward, our code aside
+
+With no-op kernels (the three ``@triton.jit`` functions swapped out) only our Python and
+torch's remain: the only mode without CUDA, where the kernels would run in the interpreter.
+On CUDA it times both that and the real kernels on a tiny map, where the device never holds
+the host back, so the difference is Triton's launcher; ``--stub`` keeps to the first.
+"""
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available():  # the launchers accept CPU tensors only under the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+PATHS = ("fwd_nograd", "fwd_grad", "bwd_autograd", "bwd_launchers", "floor_autograd")
+KERNELS = (("gate_fwd", "gate_fwd_kernel"), ("gate_bwd", "gate_bwd_kernel"), ("gate_bwd", "gate_bwd_reduce_kernel"))
+
+
+class _NoLaunch:
+    """Stands in for a ``@triton.jit`` function: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def stub_kernels():
+    """The launchers call no-ops instead of the Triton kernels, inside the ``with`` only."""
+    saved = []
+    for module_name, attr in KERNELS:
+        module = importlib.import_module(f"bam_fused.kernels.{module_name}")
+        saved.append((module, attr, getattr(module, attr)))
+        setattr(module, attr, _NoLaunch())
+    try:
+        yield
+    finally:
+        for module, attr, kernel in saved:
+            setattr(module, attr, kernel)
+
+
+class _AllocOnly(torch.autograd.Function):
+    """The floor: an op defined in Python that saves its inputs and allocates its outputs."""
+
+    @staticmethod
+    def forward(ctx, x, mc, ms):
+        ctx.save_for_backward(x, mc, ms)
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, mc, ms = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(mc), torch.empty_like(ms)
+
+
+def host_us(fn, device, calls: int, repeats: int) -> float:
+    """Microseconds per call: the fastest of ``repeats`` batches of ``calls`` calls."""
+    for _ in range(calls):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best * 1e6
+
+
+def path_calls(shape, layout: str, device) -> dict:
+    """A zero-argument callable per entry of PATHS, on inputs of ``shape`` in ``layout``,
+    with the maps as BAM produces them: mc (N, C), ms (N, 1, H, W)."""
+    from bam_fused.kernels import gate_bwd
+
+    from bam_fused import bam_gate
+
+    n, c, h, w = shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_()
+    mc = torch.randn(n, c, device=device, requires_grad=True)
+    ms = torch.randn(n, 1, h, w, device=device, requires_grad=True)
+    g = torch.randn_like(x)
+    gate = lambda: bam_gate(x, mc, ms, combine="product", backend="triton")
+    y, y_floor = gate(), _AllocOnly.apply(x, mc, ms)
+    grad = lambda out: (lambda: torch.autograd.grad(out, (x, mc, ms), g, retain_graph=True))
+
+    def fwd_nograd():
+        with torch.no_grad():
+            gate()
+
+    xd, mcd, msd = x.detach(), mc.detach(), ms.detach().view(n, h * w)
+    return {
+        "fwd_nograd": fwd_nograd,
+        "fwd_grad": gate,
+        "bwd_autograd": grad(y),
+        "bwd_launchers": lambda: gate_bwd(g, xd, mcd, msd, combine="product", residual=True),
+        "floor_autograd": grad(y_floor),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stub", action="store_true", help="no-op kernels only (the only mode without CUDA)")
+    parser.add_argument("--shape", type=int, nargs=4, default=(2, 64, 14, 14), metavar=("N", "C", "H", "W"))
+    parser.add_argument("--calls", type=int, default=200, help="calls per timed batch")
+    parser.add_argument("--repeats", type=int, default=60, help="batches; the fastest counts")
+    parser.add_argument("--quick", action="store_true", help="a few short batches (smoke runs)")
+    parser.add_argument("--out", help="write the figures here as JSON")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    # On CUDA both: the difference is what Triton's launcher and the device add to our Python.
+    stub_modes = (True,) if args.stub or not cuda else (False, True)
+    calls, repeats = (5, 3) if args.quick else (args.calls, args.repeats)
+    records = []
+    for stub in stub_modes:
+        with stub_kernels() if stub else contextlib.nullcontext():
+            for layout in ("nchw", "channels_last"):
+                fns = path_calls(tuple(args.shape), layout, device)
+                for path in PATHS:
+                    us = host_us(fns[path], device, calls, repeats)
+                    records.append({"path": path, "layout": layout, "stub_kernels": stub, "host_us": us})
+                    print(f"{path:<15} {layout:<13} {'no-op' if stub else 'real':<6} kernels {us:7.1f} µs")
+    header = {"device": torch.cuda.get_device_name() if cuda else "cpu", "shape": list(args.shape),
+              "calls": calls, "repeats": repeats, "torch": torch.__version__}  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({**header, "records": records}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
