@@ -234,6 +234,24 @@ for k, v in checks.items():
     if not k.startswith("equivalence/"):
         print(f"{k}: {json.dumps(v, separators=(',', ':'))[:300]}")
 PYEOF
+echo "--- device time (device-time.json: % of copy bandwidth, graph / events) and host time (host-time.json)"
+"$PY" - "$OUT" <<'PYEOF'
+import json, os, sys
+out = sys.argv[1]
+path = os.path.join(out, "device-time.json")
+if os.path.exists(path):
+    for r in json.load(open(path))["records"]:
+        if "shape" in r:
+            cells = " / ".join(f"{r[k]:.1f}" for k in ("pct_copy_graph", "pct_copy_events") if k in r)
+            print(f"{r['case']:<20} {r['layout']:<13} {str(r['shape']):<18} {cells}")
+path = os.path.join(out, "host-time.json")
+if os.path.exists(path):
+    rows = {}
+    for r in json.load(open(path))["records"]:
+        rows.setdefault((r["path"], r["stub_kernels"]), []).append(f"{r['host_us']:.1f}")
+    for (name, stub), us in rows.items():
+        print(f"host {name:<15} {'no-op' if stub else 'real':<5} kernels: {' / '.join(us)} µs (nchw / cl)")
+PYEOF
 echo "--- goals (from the benchmark file)"
 bench_json=$("$PY" -c "import sys; from benchmarks.results import newest; print(newest(sys.argv[1]))" "$OUT" 2>/dev/null)
 [[ -n $bench_json ]] && "$PY" -m benchmarks.report --results "$bench_json" --summary
