@@ -39,10 +39,10 @@ export GPU_RUN_STAGES=${GPU_RUN_STAGES:-all}
 STAGES=(
     "install|15|pip install --no-deps --no-build-isolation -e . (log: tests.log)"
     "env|8|nvidia-smi, torch/triton/CUDA/driver versions, compute-sanitizer version -> env.txt"
-    "gpu_equiv|30|pytest -m gpu tests/gpu/test_gpu_equivalence.py: kernels vs float64, all modes/dtypes/layouts/odd maps"
-    "bench|110|pytest benchmarks/ --results-dir OUTDIR: gate fwd/bwd/fwd+bwd, BAM module, ResNet-50 step, copy roof"
+    "gpu_equiv|28|pytest -m gpu tests/gpu/test_gpu_equivalence.py: kernels vs float64, all modes/dtypes/layouts/odd maps"
+    "bench|104|pytest benchmarks/ --results-dir OUTDIR: gate fwd/bwd/fwd+bwd, BAM module, ResNet-50 step, copy roof"
     "device_time|30|python -m benchmarks.device_time --gate-only: CUDA-graph device time vs events -> device-time.json"
-    "host_time|12|python -m benchmarks.host_time: host µs per call, real and no-op kernels -> host-time.json"
+    "host_time|20|python -m benchmarks.host_time: host µs per call, real and no-op kernels -> host-time.json"
     "sanitizer|45|sanitizer_driver.py plain (warms the JIT cache), then compute-sanitizer memcheck and racecheck"
     "gpu_probes|35|pytest -m gpu tests/gpu: determinism (20 runs), >2^31 elements, saved bytes + ResNet peak, compile"
     "core_tests|10|pytest -m gpu -x tests --ignore=tests/gpu: the suite's device tests, for as long as the budget allows"
@@ -94,7 +94,7 @@ stage_device_time() {
 }
 
 stage_host_time() {
-    "$PY" -m benchmarks.host_time --repeats 30 --out "$OUT/host-time.json"
+    "$PY" -m benchmarks.host_time --calls 100 --repeats 30 --out "$OUT/host-time.json"
 }
 
 sanitizer_bin() {
