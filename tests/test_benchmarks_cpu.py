@@ -165,3 +165,17 @@ def test_tune_quick_sweeps_every_candidate(tmp_path):
             assert got == names and all(r["ms_median"] > 0 for r in records), (op, layout, got)
     stages = {r.get("NUM_STAGES") for r in records if r["op"] == "gate_bwd"}
     assert stages == {1, 2, 3, 4}, stages
+
+
+def test_device_time_cases_run_on_cpu():
+    """Every callable device_time.py times runs (kernels through the interpreter), so the GPU-only
+    script does not rot between GPU runs."""
+    from benchmarks.device_time import gate_cases
+
+    for layout in ("nchw", "channels_last"):
+        cases = gate_cases((2, 8, 3, 5), layout, torch.device("cpu"))
+        assert [name for name, _, _ in cases] == ["fused_fwd", "eager_fwd", "fused_bwd_launchers",
+                                                  "fused_bwd_autograd", "eager_bwd_autograd"]  # fmt: skip
+        for _, op, fn in cases:
+            assert op in ("gate_fwd", "gate_bwd")
+            fn()
