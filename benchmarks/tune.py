@@ -19,7 +19,7 @@ import sys
 
 import torch
 from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_fwd
-from bam_fused.kernels.layout import multiprocessor_count, tile_shape
+from bam_fused.kernels.layout import multiprocessor_count
 
 from .bandwidth import copy_gbps, gate_bytes_min
 from .timing import measure
@@ -34,8 +34,8 @@ def fwd_candidates(C, HW, cl, size):
     # Sweeps 1-2 found 32 KiB tiles worst everywhere; 128- and 512-wide rows fit NCHW maps whose
     # H·W is not near a power of 2 (784 = 6.1 × 128, 3136 = 6.1 × 512) with fewer masked lanes.
     for tile_bytes, warps, max_fast in itertools.product((4096, 8192, 16384), (4, 8), (128, 256, 512, 1024)):
-        bc, bhw = tile_shape(C, HW, cl, tile_bytes // size, max_fast)
-        yield f"t{tile_bytes}/w{warps}/f{max_fast}", {"BLOCK_C": bc, "BLOCK_HW": bhw, "num_warps": warps}
+        cfg = fwd_config(C, HW, cl, size, tile_bytes=tile_bytes, max_fast=max_fast)
+        yield f"t{tile_bytes}/w{warps}/f{max_fast}", {**cfg, "num_warps": warps}
 
 
 def bwd_candidates(N, C, HW, cl, size, sms):

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
-from .layout import cdiv, compute_dtype, layout_of, multiprocessor_count, tile_shape
+from .layout import cdiv, compute_dtype, config_key, layout_of, multiprocessor_count, tile_shape
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
 # programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
@@ -176,8 +176,7 @@ class BwdPlan(NamedTuple):
 def bwd_plan(x, config: dict | None = None) -> BwdPlan:
     """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`bwd_config`'s), cached:
     a training step asks for the same few plans on every call."""
-    items = None if config is None else tuple(sorted(config.items()))
-    return _bwd_plan(x.shape, x.stride(), x.dtype, x.device, items)
+    return _bwd_plan(x.shape, x.stride(), x.dtype, x.device, config_key(config))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
-from .layout import TILE_BYTES, cdiv, compute_dtype, layout_of, tile_shape
+from .layout import TILE_BYTES, cdiv, compute_dtype, config_key, layout_of, tile_shape
 
 
 @triton.jit
@@ -57,10 +57,11 @@ def gate_fwd_kernel(
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def fwd_config(C: int, HW: int, channels_last: bool, element_size: int) -> dict:
-    """Block shape and warps for the forward: a TILE_BYTES tile, the fast axis up to 1024 wide, 4 warps."""
-    tile_elems = TILE_BYTES // element_size
-    block_c, block_hw = tile_shape(C, HW, channels_last, tile_elems, max_fast=1024)
+def fwd_config(C: int, HW: int, channels_last: bool, element_size: int,
+               tile_bytes: int = TILE_BYTES, max_fast: int = 1024) -> dict:  # fmt: skip
+    """Block shape and warps for the forward: a TILE_BYTES tile, the fast axis up to 1024 wide, 4 warps
+    (``python -m benchmarks.tune`` varies the tile and the fast axis)."""
+    block_c, block_hw = tile_shape(C, HW, channels_last, tile_bytes // element_size, max_fast)
     return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "num_warps": 4}
 
 
@@ -74,8 +75,7 @@ class FwdPlan(NamedTuple):
 
 def fwd_plan(x, config: dict | None = None) -> FwdPlan:
     """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`fwd_config`'s), cached."""
-    items = None if config is None else tuple(sorted(config.items()))
-    return _fwd_plan(x.shape, x.stride(), x.dtype, items)
+    return _fwd_plan(x.shape, x.stride(), x.dtype, config_key(config))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -21,8 +21,8 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 
-DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
-ELEMENT_SIZE = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+# Triton's short dtype names (pointer signatures) and torch's (the meta tensor the plans see).
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
 # (name, combine, has_mc, has_ms)
 MODES = [
     ("sum", "sum", True, True),
@@ -133,11 +133,11 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
     compute = "fp64" if dtype == "fp64" else "fp32"
     layout = "channels_last" if channels_last else "nchw"
     target = GPUTarget("cuda", arch, 32)
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
-    shaped = torch.empty((N, C, HW, 1), device="meta", dtype=torch_dtype[dtype])
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    shaped = torch.empty((N, C, HW, 1), device="meta", dtype=torch_dtype)
     x = shaped.to(memory_format=torch.channels_last) if channels_last else shaped
-    fcfg = fwd_config(C, HW, channels_last, ELEMENT_SIZE[dtype])
-    bcfg = bwd_config(N, C, HW, channels_last, ELEMENT_SIZE[dtype], num_sms=132)
+    fcfg = fwd_config(C, HW, channels_last, torch_dtype.itemsize)
+    bcfg = bwd_config(N, C, HW, channels_last, torch_dtype.itemsize, num_sms=132)
     if bwd_stages is not None:
         bcfg["NUM_STAGES"] = bwd_stages
     # The launchers' own plans: the scalar arguments and block constexprs a real launch passes.

@@ -30,17 +30,13 @@ class GateLayout:
     int64: bool
 
 
-def gate_layout(x: torch.Tensor) -> GateLayout:
-    """Strides of a 4-D ``x`` (N, C, H, W) as the kernels use them.
+@functools.lru_cache(maxsize=1024)
+def layout_of(shape: tuple, strides: tuple) -> GateLayout:
+    """Strides of a 4-D x of ``shape`` (N, C, H, W) and ``strides`` as the kernels use them;
+    cached, since the launch plans ask on every cache miss.
 
     Raises ValueError for a layout that is neither contiguous nor channels_last.
     """
-    return layout_of(x.shape, x.stride())
-
-
-@functools.lru_cache(maxsize=1024)
-def layout_of(shape: tuple, strides: tuple) -> GateLayout:
-    """:func:`gate_layout` by shape and strides, cached: launches look it up on every call."""
     n, c, h, w = shape
     hw = h * w
     int64 = n * c * hw >= 2**31
@@ -51,6 +47,11 @@ def layout_of(shape: tuple, strides: tuple) -> GateLayout:
     if probe.is_contiguous(memory_format=torch.channels_last):
         return GateLayout(hw * c, 1, c, True, int64)
     raise ValueError(f"x must be contiguous or channels_last, got shape {tuple(shape)} with strides {tuple(strides)}")
+
+
+def config_key(config: dict | None):
+    """A hashable stand-in for a launch config (None: the heuristic's), for the plan caches."""
+    return None if config is None else tuple(sorted(config.items()))
 
 
 def cdiv(a: int, b: int) -> int:
