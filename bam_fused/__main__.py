@@ -8,20 +8,16 @@ against the eager gate, and says that GPU timings need CUDA.
 """
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:  # must precede the first import of triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import bam_fused
+from bam_fused import BAM, FusedBAM, bam_gate, reference
+from bam_fused.common import COMBINES, RESNET50_BAM_SHAPES, interpret_without_cuda, relative_error
 
-import bam_fused  # noqa: E402
-from bam_fused import BAM, FusedBAM, bam_gate, reference  # noqa: E402
-
-RESNET50_SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)]
+CUDA = interpret_without_cuda()  # before the kernels are imported
 CPU_CHECK_SHAPES = [(2, 64, 7, 7), (2, 32, 5, 13), (1, 16, 1, 1)]
 CPU_TIMING_SHAPE = (8, 256, 28, 28)
 
@@ -31,10 +27,6 @@ def _maps(x):
     mc = torch.randn(n, c, device=x.device, dtype=x.dtype, requires_grad=True)
     ms = torch.randn(n, h, w, device=x.device, dtype=x.dtype, requires_grad=True)
     return mc, ms
-
-
-def _max_rel_err(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
 def check_modules(shape, device, dtype) -> float:
@@ -49,8 +41,8 @@ def check_modules(shape, device, dtype) -> float:
         outs = [m(x) for m in (eager, fused)]
     g = torch.randn_like(outs[0])
     grads = [torch.autograd.grad(o, x, g)[0] for o in outs]
-    errs.append(_max_rel_err(outs[1], outs[0]))
-    errs.append(_max_rel_err(grads[1], grads[0]))
+    errs.append(relative_error(outs[1], outs[0]))
+    errs.append(relative_error(grads[1], grads[0]))
     return max(errs)
 
 
@@ -80,9 +72,9 @@ def gate_fwd_bwd(gate, x, mc, ms):
     return run
 
 
-def main_cuda(args) -> int:
+def main_cuda() -> int:
     print(f"bam_fused {bam_fused.__version__} on {torch.cuda.get_device_name()} — torch {torch.__version__}")
-    report(torch.device("cuda"), RESNET50_SHAPES, time_cuda)
+    report(torch.device("cuda"), RESNET50_BAM_SHAPES, time_cuda)
     print("\n(ms and GB/s pairs per provider; full benchmarks: pytest benchmarks/, see README)")
     return 0
 
@@ -104,14 +96,17 @@ def report(device, shapes, timer, dtype=torch.bfloat16) -> None:
         mc, ms = _maps(x)
         # forward: read x, write y; backward: read g and x, write gx (the small maps are noise)
         traffic = 5 * x.numel() * x.element_size()
-        ms_ = {name: timer(gate_fwd_bwd(fn, x, mc, ms)) for name, fn in
-               (("eager", eager), ("compiled", compiled), ("fused", fused))}  # fmt: skip
+        ms_ = {
+            name: timer(gate_fwd_bwd(fn, x, mc, ms))
+            for name, fn in (("eager", eager), ("compiled", compiled), ("fused", fused))
+        }
         cells = "".join(f"{ms_[k]:>7.3f} {traffic / ms_[k] / 1e6:>6.0f}" for k in ("eager", "compiled", "fused"))
-        print(f"  {str(shape):<22} {cells} {ms_['eager'] / ms_['fused']:>8.2f}x "
-              f"{ms_['compiled'] / ms_['fused']:>11.2f}x")  # fmt: skip
+        print(
+            f"  {str(shape):<22} {cells} {ms_['eager'] / ms_['fused']:>8.2f}x {ms_['compiled'] / ms_['fused']:>11.2f}x"
+        )
 
 
-def main_cpu(args) -> int:
+def main_cpu() -> int:
     print(f"bam_fused {bam_fused.__version__} — torch {torch.__version__}, no CUDA device")
     print("\n1. Triton kernels through the interpreter (TRITON_INTERPRET=1) vs the float64 reference")
     print(f"   {'shape':<18} {'combine':<8} {'|y-ref|/|ref|':>14} {'|grads-ref|/|ref|':>18}")
@@ -120,7 +115,7 @@ def main_cpu(args) -> int:
     torch.manual_seed(0)
     ok = True
     for shape in CPU_CHECK_SHAPES:
-        for combine in reference.COMBINES:
+        for combine in COMBINES:
             x = torch.randn(shape, dtype=torch.float32, requires_grad=True)
             mc, ms = _maps(x)
             y = bam_gate(x, mc, ms, combine=combine, backend="triton")
@@ -129,8 +124,8 @@ def main_cpu(args) -> int:
             ins64 = [t.detach().double().requires_grad_() for t in (x, mc, ms)]
             y64 = reference.bam_gate(*ins64, combine)
             grads64 = torch.autograd.grad(y64, ins64, g.double())
-            e_y = _max_rel_err(y, y64)
-            e_g = max(_max_rel_err(a, b) for a, b in zip(grads, grads64))
+            e_y = relative_error(y, y64)
+            e_g = max(relative_error(a, b) for a, b in zip(grads, grads64))
             ok &= e_y < 1e-5 and e_g < 1e-5
             print(f"   {str(shape):<18} {combine:<8} {e_y:>14.1e} {e_g:>18.1e}")
     print(f"   {'agree' if ok else 'DISAGREE'}")
@@ -148,8 +143,8 @@ def main_cpu(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bam_fused", description=__doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    return main_cuda(args) if CUDA else main_cpu(args)
+    parser.parse_args(argv)
+    return main_cuda() if CUDA else main_cpu()
 
 
 if __name__ == "__main__":

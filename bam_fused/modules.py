@@ -8,13 +8,8 @@ convolutions and the MLP stay in cuDNN/cuBLAS.
 import torch
 from torch import nn
 
-from . import reference
+from .common import BACKENDS, BRANCHES, COMBINES, VARIANT_COMBINE, VARIANTS
 from .ops import bam_gate
-
-VARIANTS = ("paper", "official")
-# The combine each variant uses when the module is built with combine=None.
-VARIANT_COMBINE = {"paper": "sum", "official": "product"}
-BRANCHES = ("both", "channel", "spatial")
 
 
 class ChannelGate(nn.Module):
@@ -99,8 +94,8 @@ class BAM(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if combine is not None and combine not in reference.COMBINES:
-            raise ValueError(f"combine must be one of {reference.COMBINES} or None, got {combine!r}")
+        if combine is not None and combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES} or None, got {combine!r}")
         if branches not in BRANCHES:
             raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}")
         if gate_channel // reduction_ratio < 1:
@@ -136,8 +131,7 @@ class BAM(nn.Module):
         """(mc (N, C), ms (N, 1, H, W)) for input x (N, C, H, W); None for an absent branch."""
         if x.dim() != 4 or x.shape[1] != self.gate_channel:
             raise ValueError(
-                f"BAM({self.gate_channel}) expects input of shape (N, {self.gate_channel}, H, W), "
-                f"got {tuple(x.shape)}"
+                f"BAM({self.gate_channel}) expects input of shape (N, {self.gate_channel}, H, W), got {tuple(x.shape)}"
             )
         mc = self.channel_att(x) if self.channel_att is not None else None
         ms = self.spatial_att(x) if self.spatial_att is not None else None
@@ -159,8 +153,6 @@ class FusedBAM(BAM):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        from .ops import BACKENDS
-
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.gate_backend = backend
@@ -194,9 +186,15 @@ def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
         return None
     if isinstance(module, BAM):
         fused = FusedBAM(
-            module.gate_channel, module.reduction_ratio, module.dilation_conv_num, module.dilation_val,
-            variant=module.variant, combine=module.combine, branches=module.branches, backend=backend,
-        )  # fmt: skip
+            module.gate_channel,
+            module.reduction_ratio,
+            module.dilation_conv_num,
+            module.dilation_val,
+            variant=module.variant,
+            combine=module.combine,
+            branches=module.branches,
+            backend=backend,
+        )
         # Adopt the branches themselves: parameters keep their identity, so optimizers keep working.
         fused.channel_att = module.channel_att
         fused.spatial_att = module.spatial_att

@@ -1,95 +1,66 @@
-"""``bam_gate``: the public gate, its input checks, and the ops binding the Triton kernels.
+"""``bam_gate``: the public gate, its input checks, and the autograd bindings of the Triton kernels.
 
-The forward (:mod:`bam_fused.kernels.gate_fwd`) and backward (:mod:`bam_fused.kernels.gate_bwd`)
-are bound under autograd twice over the same two functions: as the ``bam_fused::gate`` custom
-op, with fake implementations so that ``torch.compile(fullgraph=True)`` traces through it, and
-as an ``autograd.Function`` for eager calls, where the custom-op dispatch would cost more host
-time than the kernels take at small maps. Either saves only x, mc and ms for backward.
+The forward (:func:`bam_fused.kernels.gate_fwd`) and backward (:func:`bam_fused.kernels.gate_bwd`)
+are bound under autograd twice: as the ``bam_fused::gate`` custom op, with fake implementations
+so that ``torch.compile(fullgraph=True)`` traces through it, and as an ``autograd.Function``
+for eager calls, where the custom-op dispatch would cost more host time than the kernels take
+at small maps. Either saves only x, mc and ms for backward.
 """
-
-import os
 
 import torch
 from torch import Tensor
 
 from . import reference
-
-BACKENDS = ("auto", "triton", "reference")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def interpreter_enabled() -> bool:
-    """True when TRITON_INTERPRET asks Triton to run kernels on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+from .common import BACKENDS, COMBINES, FLOAT_DTYPES, interpreter_requested
 
 
 def triton_can_run(x: Tensor) -> bool:
     """Whether the Triton kernels can run on x's device (CUDA, or CPU under the interpreter)."""
-    return x.device.type == "cuda" or (x.device.type == "cpu" and interpreter_enabled())
+    return x.device.type == "cuda" or (x.device.type == "cpu" and interpreter_requested())
 
 
-def _kernel_layout(x: Tensor) -> Tensor:
-    """x itself when the kernels address it by strides (NCHW or channels_last), else one copy."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
+def _gate_forward(x, mc, ms, combine, residual):
+    from .kernels import gate_fwd
+
+    return gate_fwd(x, mc, ms, combine=combine, residual=residual)
 
 
-def _like(t: Tensor, x: Tensor) -> Tensor:
-    """t laid out like x (x already in a kernel layout): a no-op when the strides agree."""
-    if x.is_contiguous():
-        return t.contiguous()
-    return t.contiguous(memory_format=torch.channels_last)
-
-
-def _dense(m: Tensor | None) -> Tensor | None:
-    """A map as the kernels take it: its N·C or N·H·W elements in order, in any shape."""
-    return None if m is None else m.contiguous()
-
-
-def gate_forward(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool) -> Tensor:
-    """The Triton forward: x (N, C, H, W); mc (N, C[, 1, 1]) or None; ms (N, [1,] H, W) or None."""
-    from .kernels import launch_gate_fwd
-
-    xk = _kernel_layout(x)
-    return launch_gate_fwd(xk, _dense(mc), _dense(ms), torch.empty_like(xk), combine=combine, residual=residual)
-
-
-def gate_backward(g: Tensor, x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool):
-    """The Triton backward: (gx, gmc, gms) shaped like (x, mc, ms), None for a None map. Shapes as
-    :func:`gate_forward`; g (N, C, H, W) in any layout."""
+def _gate_backward(g, x, mc, ms, combine, residual):
     from .kernels import gate_bwd
 
-    xk = _kernel_layout(x)
-    return gate_bwd(_like(g, xk), xk, _dense(mc), _dense(ms), combine=combine, residual=residual)
+    return gate_bwd(g, x, mc, ms, combine=combine, residual=residual)
 
 
 @torch.library.custom_op("bam_fused::gate", mutates_args=())
-def gate_op(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool) -> Tensor:
-    """Fused forward as a custom op (what ``torch.compile`` sees). Shapes as :func:`gate_forward`."""
-    return gate_forward(x, mc, ms, combine, residual)
+def _gate_op(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool) -> Tensor:
+    """The fused forward as a custom op (what ``torch.compile`` sees). Shapes as :func:`bam_gate`."""
+    return _gate_forward(x, mc, ms, combine, residual)
 
 
-@gate_op.register_fake
+@_gate_op.register_fake
 def _(x, mc, ms, combine, residual):
-    return torch.empty_like(_kernel_layout(x))
+    from .kernels.layout import as_kernel_layout
+
+    return torch.empty_like(as_kernel_layout(x))
 
 
 @torch.library.custom_op("bam_fused::gate_backward", mutates_args=())
-def gate_backward_op(
+def _gate_backward_op(
     g: Tensor, x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, residual: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused backward as a custom op: (gx, gmc, gms); an empty tensor stands for a None map."""
-    gx, gmc, gms = gate_backward(g, x, mc, ms, combine, residual)
+    """The fused backward as a custom op: (gx, gmc, gms); an empty tensor stands for a None map."""
+    gx, gmc, gms = _gate_backward(g, x, mc, ms, combine, residual)
     empty = x.new_empty(0)
     return gx, (gmc if gmc is not None else empty), (gms if gms is not None else empty)
 
 
-@gate_backward_op.register_fake
+@_gate_backward_op.register_fake
 def _(g, x, mc, ms, combine, residual):
+    from .kernels.layout import as_kernel_layout
+
     empty = x.new_empty(0)
     return (
-        torch.empty_like(_kernel_layout(x)),
+        torch.empty_like(as_kernel_layout(x)),
         empty if mc is None else torch.empty_like(mc, memory_format=torch.contiguous_format),
         empty if ms is None else torch.empty_like(ms, memory_format=torch.contiguous_format),
     )
@@ -104,28 +75,28 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, mc, ms = ctx.saved_tensors
-    gx, gmc, gms = gate_backward_op(grad, x, mc, ms, ctx.combine, ctx.residual)
+    gx, gmc, gms = _gate_backward_op(grad, x, mc, ms, ctx.combine, ctx.residual)
     return gx, (gmc if mc is not None else None), (gms if ms is not None else None), None, None
 
 
-gate_op.register_autograd(_backward, setup_context=_setup_context)
+_gate_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class GateFunction(torch.autograd.Function):
-    """Eager path: the same kernels as ``gate_op`` without the custom-op dispatch. With a stub
+class _GateFunction(torch.autograd.Function):
+    """Eager path: the same kernels as ``_gate_op`` without the custom-op dispatch. With a stub
     body a forward cost 144 µs of host time through the op and 22 µs through this Function on
     the CPU machine; on the GPU the op's cost showed at every map below 56² (benchmarks/NOTES.md)."""
 
     @staticmethod
     def forward(ctx, x, mc, ms, combine, residual):
         _setup_context(ctx, (x, mc, ms, combine, residual), None)
-        return gate_forward(x, mc, ms, combine, residual)
+        return _gate_forward(x, mc, ms, combine, residual)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, mc, ms = ctx.saved_tensors
-        gx, gmc, gms = gate_backward(grad, x, mc, ms, ctx.combine, ctx.residual)
+        gx, gmc, gms = _gate_backward(grad, x, mc, ms, ctx.combine, ctx.residual)
         return gx, gmc, gms, None, None
 
 
@@ -165,12 +136,12 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got dtype {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if combine not in reference.COMBINES:
-        raise ValueError(f"combine must be one of {reference.COMBINES}, got {combine!r}")
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     N, C, H, W = x.shape
@@ -186,10 +157,10 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
         )
     if backend == "triton" or (backend == "auto" and triton_can_run(x)):
         if torch.compiler.is_compiling():
-            return gate_op(x, mc, ms, combine, bool(residual))
+            return _gate_op(x, mc, ms, combine, bool(residual))
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
-            return GateFunction.apply(x, mc, ms, combine, bool(residual))
-        return gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
+            return _GateFunction.apply(x, mc, ms, combine, bool(residual))
+        return _gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
     mc = mc.reshape(N, C) if mc is not None else None
     ms = ms.reshape(N, H, W) if ms is not None else None
     return reference.bam_gate(x, mc, ms, combine, bool(residual))

@@ -9,12 +9,7 @@ x's dtype. Differentiable through autograd; this is also the path CPU users get.
 
 import torch
 
-COMBINES = ("sum", "product", "max")
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; every other input dtype is computed in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from .common import COMBINES, compute_dtype
 
 
 def gate_preactivation(mc, ms, combine: str) -> torch.Tensor:
@@ -43,10 +38,8 @@ def bam_gate(x, mc=None, ms=None, combine: str = "sum", residual: bool = True) -
     Shapes: x (N, C, H, W); mc (N, C); ms (N, H, W). Returns (N, C, H, W) in x's dtype and
     memory format.
     """
-    dt = compute_dtype(x)
-    a = gate_preactivation(
-        mc.to(dt) if mc is not None else None, ms.to(dt) if ms is not None else None, combine
-    )
+    dt = compute_dtype(x.dtype)
+    a = gate_preactivation(mc.to(dt) if mc is not None else None, ms.to(dt) if ms is not None else None, combine)
     s = torch.sigmoid(a)
     if residual:
         # σ is a fresh tensor: add in place unless autograd saved it for sigmoid's backward.

@@ -29,18 +29,36 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from .common import BACKENDS, BRANCHES, COMBINES, DTYPES, VARIANTS
 from .models import load_released_checkpoint, resnet_bam
+from .models.resnet import ATTENTIONS, DEPTHS
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 METRIC_FIELDS = (
-    "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "epoch_time_s",
-)  # fmt: skip
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "images_per_s",
+    "epoch_time_s",
+)
 ABLATION_FIELDS = (
-    "name", "attention", "dilation", "reduction", "combine", "branches", "params",
-    "best_val_acc", "final_val_acc", "final_val_loss", "train_time_s",
-)  # fmt: skip
+    "name",
+    "attention",
+    "dilation",
+    "reduction",
+    "combine",
+    "branches",
+    "params",
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "train_time_s",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,14 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=32, help="synthetic image side (CIFAR is 32)")
     data.add_argument("--workers", type=int, default=2, help="DataLoader workers (torchvision data only)")
     model = p.add_argument_group("model")
-    model.add_argument("--depth", type=int, default=18, choices=(18, 34, 50, 101))
-    model.add_argument("--attention", choices=("fused", "bam", "none"), default="fused")
-    model.add_argument("--variant", choices=("paper", "official"), default="paper")
-    model.add_argument("--combine", choices=("sum", "product", "max"), help="default: the variant's")
+    model.add_argument("--depth", type=int, default=18, choices=tuple(DEPTHS))
+    model.add_argument("--attention", choices=[a or "none" for a in ATTENTIONS], default="fused")
+    model.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0])
+    model.add_argument("--combine", choices=COMBINES, help="default: the variant's")
     model.add_argument("--reduction", type=int, default=16, help="BAM reduction ratio r")
     model.add_argument("--dilation", type=int, default=4, help="BAM dilation d")
-    model.add_argument("--branches", choices=("both", "channel", "spatial"), default="both")
-    model.add_argument("--backend", choices=("auto", "triton", "reference"), default="auto", help="gate")
+    model.add_argument("--branches", choices=BRANCHES, default=BRANCHES[0])
+    model.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0], help="gate")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=200)
     opt.add_argument("--batch-size", type=int, default=128, help="per process")
@@ -208,9 +226,12 @@ def build_model(args, ddp: Dist) -> tuple[nn.Module, nn.Module]:
     kwargs = {}
     if args.attention != "none":
         kwargs = dict(
-            variant=args.variant, combine=args.combine, reduction_ratio=args.reduction,
-            dilation_val=args.dilation, branches=args.branches,
-        )  # fmt: skip
+            variant=args.variant,
+            combine=args.combine,
+            reduction_ratio=args.reduction,
+            dilation_val=args.dilation,
+            branches=args.branches,
+        )
         if args.attention == "fused":
             kwargs["backend"] = args.backend
     attention = None if args.attention == "none" else args.attention
@@ -241,7 +262,7 @@ def run_epoch(model, loader, ddp: Dist, args, optimizer=None, scheduler=None, sc
     """
     training = optimizer is not None
     model.train(training)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
+    amp_dtype = DTYPES[args.amp] if args.amp else None
     autocast = torch.autocast(ddp.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     steps = len(loader) if args.steps_per_epoch is None else min(len(loader), args.steps_per_epoch)
     bar = None
@@ -335,8 +356,11 @@ def train_one(args, ddp: Dist) -> dict:
         (no_decay if p.dim() <= 1 else decay).append(p)
     optimizer = torch.optim.SGD(
         [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True,
-    )  # fmt: skip
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=True,
+    )
     steps = min(len(train_loader), args.steps_per_epoch or len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / (steps * args.epochs), 1.0)))
@@ -367,19 +391,29 @@ def train_one(args, ddp: Dist) -> dict:
         tr_loss, tr_acc, rate = run_epoch(model, train_loader, ddp, args, optimizer, scheduler, scaler, tag)
         va_loss, va_acc, _ = run_epoch(model, val_loader, ddp, args, desc=f"{tag} val")
         row = dict(
-            epoch=epoch + 1, lr=f"{lr:.6g}", train_loss=f"{tr_loss:.6f}", train_acc=f"{tr_acc:.4f}",
-            val_loss=f"{va_loss:.6f}", val_acc=f"{va_acc:.4f}", images_per_s=f"{rate:.2f}",
+            epoch=epoch + 1,
+            lr=f"{lr:.6g}",
+            train_loss=f"{tr_loss:.6f}",
+            train_acc=f"{tr_acc:.4f}",
+            val_loss=f"{va_loss:.6f}",
+            val_acc=f"{va_acc:.4f}",
+            images_per_s=f"{rate:.2f}",
             epoch_time_s=f"{time.perf_counter() - e0:.3f}",
-        )  # fmt: skip
+        )
         rows.append(row)
         is_best = va_acc > best or epoch == start_epoch == 0
         best = max(best, va_acc)
         if ddp.main:
             ckpt = {
-                "epoch": epoch + 1, "arch": arch_name(args), "state_dict": model_state(model),
-                "best_prec1": best, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "args": {k: str(v) for k, v in vars(args).items()},
-            }  # fmt: skip
+                "epoch": epoch + 1,
+                "arch": arch_name(args),
+                "state_dict": model_state(model),
+                "best_prec1": best,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "args": {k: str(v) for k, v in vars(args).items()},
+            }
             torch.save(ckpt, out / "checkpoint.pth.tar")
             if is_best:
                 shutil.copyfile(out / "checkpoint.pth.tar", out / "model_best.pth.tar")
@@ -392,9 +426,11 @@ def train_one(args, ddp: Dist) -> dict:
             )
     final = rows[-1] if rows else {}
     summary.update(
-        best_val_acc=best, final_val_acc=float(final.get("val_acc", "nan")),
-        final_val_loss=float(final.get("val_loss", "nan")), train_time_s=time.perf_counter() - t0,
-    )  # fmt: skip
+        best_val_acc=best,
+        final_val_acc=float(final.get("val_acc", "nan")),
+        final_val_loss=float(final.get("val_loss", "nan")),
+        train_time_s=time.perf_counter() - t0,
+    )
     return summary
 
 

@@ -12,12 +12,13 @@ import argparse
 
 import torch
 
-from .cases import CIFAR_SHAPES, GATE_OPS, RESNET50_SHAPES
+from bam_fused.common import CIFAR_BAM_SHAPES, DTYPES, RESNET50_BAM_SHAPES
+
+from .cases import GATE_OPS
 from .timing import measure
 
 # (full-size passes, small-map passes) per op: the minimum any implementation must move.
 PASSES = {"gate_fwd": (2, 1), "gate_bwd": (3, 2), "gate_fwdbwd": (5, 3)}
-ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def gate_bytes_min(op: str, shape: tuple, itemsize: int) -> int:
@@ -46,10 +47,10 @@ def floor_table(copy_tbps: float = 3.0) -> str:
         f"| shape (N, C, H, W) | dtype | op | bytes_min (MB) | floor at {copy_tbps:g} TB/s (µs) |",
         "|---|---|---|---:|---:|",
     ]
-    for shape in RESNET50_SHAPES + CIFAR_SHAPES:
+    for shape in RESNET50_BAM_SHAPES + CIFAR_BAM_SHAPES:
         for dtype in ("bf16", "fp32"):
             for op in GATE_OPS:
-                b = gate_bytes_min(op, shape, ITEMSIZE[dtype])
+                b = gate_bytes_min(op, shape, DTYPES[dtype].itemsize)
                 us = b / (copy_tbps * 1e12) * 1e6
                 lines.append(f"| {shape} | {dtype} | {op} | {b / 1e6:.1f} | {us:.1f} |")
     return "\n".join(lines)

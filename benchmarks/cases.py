@@ -8,14 +8,13 @@ measurements run first and survive a stage timeout.
 
 from dataclasses import dataclass
 
+from bam_fused.common import CIFAR_BAM_SHAPES, RESNET50_BAM_SHAPES
+
 GATE_OPS = ("gate_fwd", "gate_bwd", "gate_fwdbwd")
 GATE_PROVIDERS = ("eager", "eager_paper", "fused", "compiled")
 MODULE_PROVIDERS = ("eager", "fused", "compiled")
 RESNET_PROVIDERS = ("none", "eager", "fused", "compiled")
 
-# (N, C, H, W) of the gates in a ResNet-50 (after layer1..3, batch 64 at 224²) and in a CIFAR ResNet.
-RESNET50_SHAPES = ((64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14))
-CIFAR_SHAPES = ((128, 64, 32, 32), (128, 128, 16, 16), (128, 256, 8, 8))
 QUICK_GATE_SHAPE = (2, 16, 6, 6)
 # bam1's input in the quick ResNet-18 step, so that its compiled BAM hits inductor's graph cache.
 QUICK_MODULE_SHAPE = (2, 64, 8, 8)
@@ -83,10 +82,10 @@ def gate_cases(quick: bool) -> list[Case]:
     both = ["nchw", "channels_last"]
     eager_fused = ("eager", "eager_paper", "fused")
     return (
-        _gate(RESNET50_SHAPES, "resnet50", ["bf16"], both, GATE_PROVIDERS, 0)
-        + _gate(CIFAR_SHAPES, "cifar", ["bf16"], ["nchw"], GATE_PROVIDERS, 3)
-        + _gate(CIFAR_SHAPES, "cifar", ["bf16"], ["channels_last"], eager_fused, 3)
-        + _gate(RESNET50_SHAPES, "resnet50", ["fp16", "fp32"], ["nchw"], ("eager", "fused"), 4)
+        _gate(RESNET50_BAM_SHAPES, "resnet50", ["bf16"], both, GATE_PROVIDERS, 0)
+        + _gate(CIFAR_BAM_SHAPES, "cifar", ["bf16"], ["nchw"], GATE_PROVIDERS, 3)
+        + _gate(CIFAR_BAM_SHAPES, "cifar", ["bf16"], ["channels_last"], eager_fused, 3)
+        + _gate(RESNET50_BAM_SHAPES, "resnet50", ["fp16", "fp32"], ["nchw"], ("eager", "fused"), 4)
     )
 
 
@@ -98,11 +97,11 @@ def module_cases(quick: bool) -> list[Case]:
     # Same shapes, dtype and layout as the ResNet step, so its compiled BAMs hit inductor's cache.
     return [
         Case("bam_module", p, shape, "bf16", "channels_last", "resnet50", 2)
-        for shape in RESNET50_SHAPES
+        for shape in RESNET50_BAM_SHAPES
         for p in MODULE_PROVIDERS
     ] + [
         Case("bam_module", p, shape, "bf16", "channels_last", "cifar", 3)
-        for shape in CIFAR_SHAPES
+        for shape in CIFAR_BAM_SHAPES
         for p in ("eager", "fused")
     ]
 

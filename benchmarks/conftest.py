@@ -8,20 +8,17 @@ CPU the Triton kernels run through the interpreter, which must be enabled before
 imported: hence the environment is set at the top of this file.
 """
 
-import os
+import gc
 
+import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from bam_fused.common import interpret_without_cuda
 
-import gc  # noqa: E402
+from .bandwidth import copy_gbps
+from .results import DEFAULT_DIR, ResultsFile, environment, result_path
 
-import pytest  # noqa: E402
-
-from .bandwidth import copy_gbps  # noqa: E402
-from .results import DEFAULT_DIR, ResultsFile, environment, result_path  # noqa: E402
+CUDA = interpret_without_cuda()  # before the kernels are imported
 
 NO_CUDA_REASON = (
     "benchmarks need a CUDA device; run `pytest benchmarks/ --quick` for the CPU smoke run "

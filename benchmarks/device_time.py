@@ -16,13 +16,13 @@ import json
 import sys
 
 import torch
+
+from bam_fused.common import RESNET50_BAM_SHAPES
 from bam_fused.kernels import gate_bwd
 
 from .bandwidth import copy_gbps, gate_bytes_min
 from .providers import gate_eager, gate_fused, gate_inputs, resnet_model, resnet_step
 from .timing import measure_steps
-
-SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)]
 
 
 def _times(fn, graph: bool) -> dict:
@@ -39,9 +39,8 @@ def gate_cases(shape, layout, device):
     """(name, op for the byte floor, callable) for one shape and layout."""
     x, mc, ms, g = gate_inputs(shape, "bf16", layout, device, requires_grad=True)
     xd, mcd, msd = x.detach(), mc.detach(), ms.detach()
-    n, c, h, w = shape
     y_fused, y_eager = gate_fused(x, mc, ms), gate_eager(x, mc, ms)
-    grad = lambda y: (lambda: torch.autograd.grad(y, (x, mc, ms), g, retain_graph=True))
+    grad = lambda y: lambda: torch.autograd.grad(y, (x, mc, ms), g, retain_graph=True)
 
     def fwd(fn):
         def run():
@@ -53,11 +52,10 @@ def gate_cases(shape, layout, device):
     return [
         ("fused_fwd", "gate_fwd", fwd(gate_fused)),
         ("eager_fwd", "gate_fwd", fwd(gate_eager)),
-        ("fused_bwd_launchers", "gate_bwd",
-         lambda: gate_bwd(g, xd, mcd.view(n, c), msd.view(n, h * w), combine="product", residual=True)),
+        ("fused_bwd_launchers", "gate_bwd", lambda: gate_bwd(g, xd, mcd, msd, combine="product", residual=True)),
         ("fused_bwd_autograd", "gate_bwd", grad(y_fused)),
         ("eager_bwd_autograd", "gate_bwd", grad(y_eager)),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv=None) -> int:
@@ -73,17 +71,25 @@ def main(argv=None) -> int:
     roof = copy_gbps(device)
     print(f"device {torch.cuda.get_device_name()}  copy {roof:.0f} GB/s")
     records = []
-    for shape in SHAPES[:1] if args.quick else SHAPES:
+    for shape in RESNET50_BAM_SHAPES[:1] if args.quick else RESNET50_BAM_SHAPES:
         for layout in ("nchw", "channels_last"):
             for name, op, fn in gate_cases(shape, layout, device):
                 fn()
                 t = _times(fn, graph=not name.endswith("autograd"))
                 floor = gate_bytes_min(op, shape, 2)
                 pct = {k: 100 * floor / (v * 1e-3) / 1e9 / roof for k, v in t.items() if k.endswith("_ms")}
-                records.append({"case": name, "op": op, "shape": list(shape), "layout": layout, **t,
-                                **{f"pct_copy_{k[:-3]}": v for k, v in pct.items()}})  # fmt: skip
+                records.append(
+                    {
+                        "case": name,
+                        "op": op,
+                        "shape": list(shape),
+                        "layout": layout,
+                        **t,
+                        **{f"pct_copy_{k[:-3]}": v for k, v in pct.items()},
+                    }
+                )
                 cells = "  ".join(f"{k[:-3]} {t[k]:.4f} ms ({pct[k]:4.1f} %)" for k in t if k.endswith("_ms"))
-                print(f"{name:<20} {layout:<13} {str(shape):<18} {cells} {t.get('graph_error', '')}")
+                print(f"{name:<20} {layout:<13} {str(shape):<18} {cells}")
     if not (args.quick or args.gate_only):
         for provider in ("none", "eager", "fused", "none", "eager", "fused"):
             step = resnet_step(resnet_model(provider, 50, device), 64, 224, device)

@@ -7,7 +7,7 @@ run 3), so host time is a figure to track like GB/s. It is measured per call as 
 over many repeats of a batch of calls (interference only ever adds time). Paths:
 
     fwd_nograd       bam_gate under no_grad (inference: no autograd node)
-    fwd_grad         bam_gate recording its autograd node (GateFunction)
+    fwd_grad         bam_gate recording its autograd node (an autograd.Function)
     bwd_autograd     torch.autograd.grad through that node, as a training step runs it
     bwd_launchers    kernels.gate_bwd called directly: the launchers' own cost
     floor_autograd   an autograd.Function that only allocates its outputs: what any
@@ -23,14 +23,14 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import sys
 import time
 
 import torch
 
-if not torch.cuda.is_available():  # the launchers accept CPU tensors only under the interpreter
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from bam_fused.common import interpret_without_cuda
+
+interpret_without_cuda()  # the launchers accept CPU tensors only under the interpreter
 
 PATHS = ("fwd_nograd", "fwd_grad", "bwd_autograd", "bwd_launchers", "floor_autograd")
 KERNELS = (("gate_fwd", "gate_fwd_kernel"), ("gate_bwd", "gate_bwd_kernel"), ("gate_bwd", "gate_bwd_reduce_kernel"))
@@ -92,9 +92,8 @@ def host_us(fn, device, calls: int, repeats: int) -> float:
 def path_calls(shape, layout: str, device) -> dict:
     """A zero-argument callable per entry of PATHS, on inputs of ``shape`` in ``layout``,
     with the maps as BAM produces them: mc (N, C), ms (N, 1, H, W)."""
-    from bam_fused.kernels import gate_bwd
-
     from bam_fused import bam_gate
+    from bam_fused.kernels import gate_bwd
 
     n, c, h, w = shape
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -104,13 +103,13 @@ def path_calls(shape, layout: str, device) -> dict:
     g = torch.randn_like(x)
     gate = lambda: bam_gate(x, mc, ms, combine="product", backend="triton")
     y, y_floor = gate(), _AllocOnly.apply(x, mc, ms)
-    grad = lambda out: (lambda: torch.autograd.grad(out, (x, mc, ms), g, retain_graph=True))
+    grad = lambda out: lambda: torch.autograd.grad(out, (x, mc, ms), g, retain_graph=True)
 
     def fwd_nograd():
         with torch.no_grad():
             gate()
 
-    xd, mcd, msd = x.detach(), mc.detach(), ms.detach().view(n, h * w)
+    xd, mcd, msd = x.detach(), mc.detach(), ms.detach()
     return {
         "fwd_nograd": fwd_nograd,
         "fwd_grad": gate,
@@ -143,8 +142,13 @@ def main(argv=None) -> int:
                     us = host_us(fns[path], device, calls, repeats)
                     records.append({"path": path, "layout": layout, "stub_kernels": stub, "host_us": us})
                     print(f"{path:<15} {layout:<13} {'no-op' if stub else 'real':<6} kernels {us:7.1f} µs")
-    header = {"device": torch.cuda.get_device_name() if cuda else "cpu", "shape": list(args.shape),
-              "calls": calls, "repeats": repeats, "torch": torch.__version__}  # fmt: skip
+    header = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "shape": list(args.shape),
+        "calls": calls,
+        "repeats": repeats,
+        "torch": torch.__version__,
+    }
     if args.out:
         with open(args.out, "w") as f:
             json.dump({**header, "records": records}, f, indent=1)

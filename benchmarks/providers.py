@@ -1,6 +1,7 @@
 """The implementations compared, shared by the benchmarks and the GPU tests.
 
-Gate providers (x (N, C, H, W); mc (N, C, 1, 1); ms (N, 1, H, W); all in x's dtype):
+Gate providers (x (N, C, H, W); mc (N, C, 1, 1); ms (N, 1, H, W); all in x's dtype, standard
+normal, so that σ is neither saturated nor flat):
 
     eager        the released code's gate: ``(1 + σ(mc.expand_as(x) · ms.expand_as(x))) · x``
     eager_paper  the paper's form, sum: ``x + x · σ(mc.expand_as(x) + ms.expand_as(x))``
@@ -17,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from bam_fused import BAM, FusedBAM, bam_gate, reference
+from bam_fused.common import DTYPES
+from bam_fused.models import resnet_bam
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # The combine each gate provider computes, so each can be checked against the reference.
 GATE_COMBINE = {"eager": "product", "eager_paper": "sum", "fused": "product", "compiled": "product"}
@@ -65,10 +67,8 @@ def gate_reference(x, mc, ms, provider: str):
 
 
 def gate_inputs(shape, dtype: str, layout: str, device, requires_grad: bool = False):
-    """Random (x, mc, ms, g): x and g (N, C, H, W) in ``layout``, mc (N, C, 1, 1), ms (N, 1, H, W).
-
-    Maps are scaled so that σ is neither saturated nor flat (values not zeros: see METHOD.md).
-    """
+    """Random (x, mc, ms, g), standard normal: x and g (N, C, H, W) in ``layout``, mc (N, C, 1, 1),
+    ms (N, 1, H, W)."""
     n, c, h, w = shape
     dt = DTYPES[dtype]
     fmt = LAYOUTS[layout]
@@ -109,12 +109,7 @@ def bam_module(provider: str, channels: int, device, compile_mode: str = "defaul
 
 
 def resnet_model(provider: str, depth: int, device, compile_mode: str = "default"):
-    """A channels_last train-mode ResNet (ImageNet stem) with BAM as ``provider`` asks.
-
-    Raises ImportError while :mod:`bam_fused.models` lacks ``resnet_bam``.
-    """
-    from bam_fused.models import resnet_bam
-
+    """A channels_last train-mode ResNet (ImageNet stem) with BAM as ``provider`` asks."""
     attention = {"none": None, "eager": "bam", "fused": "fused", "compiled": "bam"}[provider]
     kwargs = {"backend": "triton"} if provider == "fused" else {}
     model = resnet_bam(depth, network_type="ImageNet", num_classes=1000, attention=attention, **kwargs)

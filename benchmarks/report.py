@@ -14,7 +14,7 @@ from pathlib import Path
 from .cases import GATE_OPS, GATE_PROVIDERS, MODULE_PROVIDERS, RESNET_PROVIDERS
 from .results import DEFAULT_DIR, load, newest
 
-# (label, op, provider, field, goal, "min"/"max": which shape is the worst, ">=" or "<=")
+# (label, op, field, goal): the fused provider's ``field`` must reach ``goal`` at its worst shape.
 GATE_GOALS = (
     ("gate forward, % of copy bandwidth", "gate_fwd", "pct_copy_bw", 90.0),
     ("gate backward, % of copy bandwidth", "gate_bwd", "pct_copy_bw", 85.0),
@@ -48,20 +48,39 @@ def goals(data) -> list[dict]:
         vals = [(r[field], r) for r in records if r["op"] == op and r["provider"] == "fused" and r[field]]
         value, worst = min(vals, key=lambda v: v[0]) if vals else (None, None)
         where = f"{worst['layout']} {_shape(worst)}" if worst else "no data"
-        rows.append({"label": label, "goal": f"≥ {goal:g}", "value": value, "where": where,
-                     "met": None if value is None else value >= goal})  # fmt: skip
+        rows.append(
+            {
+                "label": label,
+                "goal": f"≥ {goal:g}",
+                "value": value,
+                "where": where,
+                "met": None if value is None else value >= goal,
+            }
+        )
     steps = {r["provider"]: r for r in records if r["op"].startswith("resnet")}
     if {"none", "eager", "fused"} <= set(steps):
         none, eager, fused = (steps[p]["ms_median"] for p in ("none", "eager", "fused"))
         ratio = (fused - none) / (eager - none) if eager != none else None
-        rows.append({"label": "ResNet step: FusedBAM overhead / eager BAM overhead", "goal": "≤ 0.4",
-                     "value": ratio, "where": steps["fused"]["op"],
-                     "met": None if ratio is None else ratio <= 0.4})  # fmt: skip
+        rows.append(
+            {
+                "label": "ResNet step: FusedBAM overhead / eager BAM overhead",
+                "goal": "≤ 0.4",
+                "value": ratio,
+                "where": steps["fused"]["op"],
+                "met": None if ratio is None else ratio <= 0.4,
+            }
+        )
         pe, pf = (steps[p]["extra"].get("peak_mem_abs_bytes", steps[p]["peak_mem_bytes"]) for p in ("eager", "fused"))
         saved = None if pe is None or pf is None else (pe - pf) / 2**20
-        rows.append({"label": "ResNet step: peak memory saved by FusedBAM (MiB)", "goal": "> 0",
-                     "value": saved, "where": steps["fused"]["op"],
-                     "met": None if saved is None else saved > 0})  # fmt: skip
+        rows.append(
+            {
+                "label": "ResNet step: peak memory saved by FusedBAM (MiB)",
+                "goal": "> 0",
+                "value": saved,
+                "where": steps["fused"]["op"],
+                "met": None if saved is None else saved > 0,
+            }
+        )
     if not real:
         for row in rows:
             row["where"] += " (smoke data, not goal shapes)"
@@ -148,8 +167,12 @@ def resnet_table(records) -> list[str]:
         r = by_p[p]
         over = f"{100 * (r['ms_median'] / none['ms_median'] - 1):+.1f} %" if none else "–"
         peak = r["extra"].get("peak_mem_abs_bytes")
-        cells = [f"{_f(r['ms_median'], '{:.2f}')} ± {_f(r['ms_iqr'], '{:.2f}')}", over,
-                 _f(peak and peak / 2**20, "{:.0f}"), _f(r["speedup_vs_eager"], "{:.2f}×")]  # fmt: skip
+        cells = [
+            f"{_f(r['ms_median'], '{:.2f}')} ± {_f(r['ms_iqr'], '{:.2f}')}",
+            over,
+            _f(peak and peak / 2**20, "{:.0f}"),
+            _f(r["speedup_vs_eager"], "{:.2f}×"),
+        ]
         out.append(f"| {p} | " + " | ".join(cells) + " |")
     return out + [""]
 
@@ -163,7 +186,7 @@ def markdown(data) -> str:
         "(bytes read + written). GB/s counts the minimum bytes an op must move (x read and y written "
         "forward; g, x read and gx written backward; plus the N·(C+HW) maps), so % copy is the distance "
         "to the memory roofline."
-        + (" **Quick smoke run (tiny shapes, CPU): numbers mean nothing.**" if data.get("quick") else ""),  # fmt: skip
+        + (" **Quick smoke run (tiny shapes, CPU): numbers mean nothing.**" if data.get("quick") else ""),
         "",
         "### Goals (bf16, ResNet-50 BAM shapes, worst shape)",
         "",
@@ -186,8 +209,9 @@ def plot(data, path) -> Path:
     dtype = dtypes[0] if dtypes else None
     gate = [r for r in gate if r["dtype"] == dtype]
     layouts = sorted({r["layout"] for r in gate}) or ["nchw"]
-    fig, axes = plt.subplots(len(layouts), len(GATE_OPS), figsize=(5.2 * len(GATE_OPS), 3.6 * len(layouts)),
-                             squeeze=False, sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(layouts), len(GATE_OPS), figsize=(5.2 * len(GATE_OPS), 3.6 * len(layouts)), squeeze=False, sharey=True
+    )
     for i, layout in enumerate(layouts):
         for j, op in enumerate(GATE_OPS):
             ax = axes[i][j]

@@ -20,9 +20,22 @@ import torch
 
 SCHEMA = 1
 RECORD_FIELDS = (
-    "op", "provider", "dtype", "layout", "shape", "shape_set", "ms_median", "ms_iqr", "bytes_min",
-    "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compiled", "peak_mem_bytes", "extra",
-)  # fmt: skip
+    "op",
+    "provider",
+    "dtype",
+    "layout",
+    "shape",
+    "shape_set",
+    "ms_median",
+    "ms_iqr",
+    "bytes_min",
+    "gbps",
+    "pct_copy_bw",
+    "speedup_vs_eager",
+    "speedup_vs_compiled",
+    "peak_mem_bytes",
+    "extra",
+)
 HEADER_FIELDS = ("schema", "device", "torch", "triton", "cuda", "python", "date", "copy_gbps", "quick")
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
 
@@ -101,6 +114,14 @@ class ResultsFile:
         self.records.append(record)
         self.write()
         return record
+
+    def add_case(self, case, timing, **fields) -> dict:
+        """A record for ``case`` (a :mod:`benchmarks.cases` case) timed as ``timing`` (a
+        :class:`benchmarks.timing.Timing`), plus ``fields``."""
+        keys = ("op", "provider", "dtype", "layout", "shape", "shape_set")
+        return self.add(
+            **{k: getattr(case, k) for k in keys}, ms_median=timing.ms_median, ms_iqr=timing.ms_iqr, **fields
+        )
 
     def write(self) -> None:
         derive(self.records, self.header.get("copy_gbps"))

@@ -78,9 +78,10 @@ def test_gate(case, device, compile_mode, results):
         run()
     peak, _ = peak_memory(run, device)
     t = measure(run, device)
-    results.add(
-        op=case.op, provider=case.provider, dtype=case.dtype, layout=case.layout, shape=case.shape,
-        shape_set=case.shape_set, ms_median=t.ms_median, ms_iqr=t.ms_iqr,
-        bytes_min=gate_bytes_min(case.op, case.shape, itemsize), peak_mem_bytes=peak,
+    results.add_case(
+        case,
+        t,
+        bytes_min=gate_bytes_min(case.op, case.shape, itemsize),
+        peak_mem_bytes=peak,
         extra={"input_sets": n_sets, "reps": t.reps, "combine": GATE_COMBINE[case.provider]},
-    )  # fmt: skip
+    )

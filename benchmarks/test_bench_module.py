@@ -38,8 +38,9 @@ def test_bam_module(case, device, compile_mode, results):
         step()
     peak, _ = peak_memory(step, device)
     t = measure(step, device, warmup_ms=20, rep_ms=100)
-    results.add(
-        op=case.op, provider=case.provider, dtype=case.dtype, layout=case.layout, shape=case.shape,
-        shape_set=case.shape_set, ms_median=t.ms_median, ms_iqr=t.ms_iqr, peak_mem_bytes=peak,
+    results.add_case(
+        case,
+        t,
+        peak_mem_bytes=peak,
         extra={"reps": t.reps, "variant": "paper", "combine": "sum"},
-    )  # fmt: skip
+    )

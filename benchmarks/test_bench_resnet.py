@@ -6,8 +6,6 @@ Providers: no attention, eager BAM, FusedBAM, eager BAM with bam1..bam3 compiled
 step time and the peak memory of one step (``torch.cuda.max_memory_allocated``).
 """
 
-import pytest
-
 from . import cases
 from .providers import resnet_model, resnet_step
 from .timing import measure_steps, peak_memory
@@ -19,16 +17,14 @@ def pytest_generate_tests(metafunc):
 
 
 def test_resnet_step(case, device, quick, compile_mode, results):
-    try:
-        model = resnet_model(case.provider, case.depth, device, compile_mode)
-    except ImportError as e:
-        pytest.skip(f"bam_fused.models.resnet_bam is not available: {e}")
+    model = resnet_model(case.provider, case.depth, device, compile_mode)
     step = resnet_step(model, case.batch, case.image, device, case.dtype)
     # Warm-up: cuDNN plans, Triton JIT and the compiled BAMs, and the optimizer's momentum buffers.
     t = measure_steps(step, device, warmup=1 if quick else 3, iters=2 if quick else 8)
     peak, peak_abs = peak_memory(step, device)
-    results.add(
-        op=case.op, provider=case.provider, dtype=case.dtype, layout=case.layout, shape=case.shape,
-        shape_set=case.shape_set, ms_median=t.ms_median, ms_iqr=t.ms_iqr, peak_mem_bytes=peak,
+    results.add_case(
+        case,
+        t,
+        peak_mem_bytes=peak,
         extra={"reps": t.reps, "depth": case.depth, "peak_mem_abs_bytes": peak_abs, "optimizer": "SGD(0.9)"},
-    )  # fmt: skip
+    )

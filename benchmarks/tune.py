@@ -18,14 +18,14 @@ import json
 import sys
 
 import torch
-from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, launch_gate_fwd
+
+from bam_fused.common import DTYPES, RESNET50_BAM_SHAPES
+from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, gate_fwd
 from bam_fused.kernels.layout import multiprocessor_count
 
 from .bandwidth import copy_gbps, gate_bytes_min
 from .timing import measure
 
-SHAPES = [(64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14)]
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LAYOUT_NAMES = {False: "nchw", True: "channels_last"}
 
 
@@ -35,7 +35,7 @@ def fwd_candidates(C, HW, cl, size):
     # H·W is not near a power of 2 (784 = 6.1 × 128, 3136 = 6.1 × 512) with fewer masked lanes.
     for tile_bytes, warps, max_fast in itertools.product((4096, 8192, 16384), (4, 8), (128, 256, 512, 1024)):
         cfg = fwd_config(C, HW, cl, size, tile_bytes=tile_bytes, max_fast=max_fast)
-        yield f"t{tile_bytes}/w{warps}/f{max_fast}", {**cfg, "num_warps": warps}
+        yield f"t{tile_bytes}/w{warps}/f{max_fast}", cfg._replace(num_warps=warps)
 
 
 def bwd_candidates(N, C, HW, cl, size, sms):
@@ -44,13 +44,13 @@ def bwd_candidates(N, C, HW, cl, size, sms):
     # this sweep adds the depth of the walk's prefetch through shared memory (NUM_STAGES).
     for tile_bytes, warps, stages in itertools.product((4096, 8192), (4, 8), (1, 2, 3, 4)):
         cfg = bwd_config(N, C, HW, cl, size, sms, tile_bytes=tile_bytes)
-        yield f"t{tile_bytes}/w{warps}/s{stages}", {**cfg, "num_warps": warps, "NUM_STAGES": stages}
+        yield f"t{tile_bytes}/w{warps}/s{stages}", cfg._replace(num_warps=warps, num_stages=stages)
 
 
 def run_fn(op, cfg, x, mc, ms, y, g):
     """A closure running one op with one config (sum, residual) on fixed buffers."""
     if op == "gate_fwd":
-        return lambda: launch_gate_fwd(x, mc, ms, y, combine="sum", residual=True, config=cfg)
+        return lambda: gate_fwd(x, mc, ms, combine="sum", residual=True, config=cfg, out=y)
     return lambda: gate_bwd(g, x, mc, ms, combine="sum", residual=True, config=cfg)
 
 
@@ -64,12 +64,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
-    size = torch.empty(0, dtype=dtype).element_size()
+    size = dtype.itemsize
     roof = copy_gbps(device)
     sms = multiprocessor_count(device)
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}  copy {roof:.0f} GB/s")
     records = []
-    shapes = SHAPES[:1] if args.quick else SHAPES
+    shapes = RESNET50_BAM_SHAPES[:1] if args.quick else RESNET50_BAM_SHAPES
     if device.type != "cuda":
         shapes = [(2, 32, 8, 8)]
     layouts = args.layouts.split(",")
@@ -87,12 +87,25 @@ def main(argv=None) -> int:
         # The roof at this size: a copy of x (the forward's bytes) pays the same launch and tail.
         t_copy = measure(functools.partial(y.copy_, x), device, warmup_ms=5, rep_ms=25)
         copy_here = 2 * x.numel() * size / (t_copy.ms_median * 1e-3) / 1e9
-        records.append({"op": "copy", "shape": list(shape), "layout": layout, "dtype": args.dtype,
-                        "ms_median": t_copy.ms_median, "gbps": copy_here, "pct_copy_bw": 100 * copy_here / roof})
-        print(f"copy      {layout:<13} {str(shape):<20} same-size copy {100 * copy_here / roof:5.1f}% "
-              f"({t_copy.ms_median:.4f} ms)")  # fmt: skip
-        for op, cands in (("gate_fwd", fwd_candidates(C, HW, cl, size)),
-                          ("gate_bwd", bwd_candidates(N, C, HW, cl, size, sms))):  # fmt: skip
+        records.append(
+            {
+                "op": "copy",
+                "shape": list(shape),
+                "layout": layout,
+                "dtype": args.dtype,
+                "ms_median": t_copy.ms_median,
+                "gbps": copy_here,
+                "pct_copy_bw": 100 * copy_here / roof,
+            }
+        )
+        print(
+            f"copy      {layout:<13} {str(shape):<20} same-size copy {100 * copy_here / roof:5.1f}% "
+            f"({t_copy.ms_median:.4f} ms)"
+        )
+        for op, cands in (
+            ("gate_fwd", fwd_candidates(C, HW, cl, size)),
+            ("gate_bwd", bwd_candidates(N, C, HW, cl, size, sms)),
+        ):
             if op not in args.ops.split(","):
                 continue
             best = None
@@ -101,22 +114,40 @@ def main(argv=None) -> int:
                 fn()
                 t = measure(fn, device, warmup_ms=5, rep_ms=25)
                 gbps = gate_bytes_min(op, shape, size) / (t.ms_median * 1e-3) / 1e9
-                rec = {"op": op, "shape": list(shape), "layout": layout, "dtype": args.dtype, "config": name,
-                       **cfg, "ms_median": t.ms_median, "ms_iqr": t.ms_iqr, "gbps": gbps,
-                       "pct_copy_bw": 100 * gbps / roof}  # fmt: skip
+                rec = {
+                    "op": op,
+                    "shape": list(shape),
+                    "layout": layout,
+                    "dtype": args.dtype,
+                    "config": name,
+                    **cfg._asdict(),
+                    "ms_median": t.ms_median,
+                    "ms_iqr": t.ms_iqr,
+                    "gbps": gbps,
+                    "pct_copy_bw": 100 * gbps / roof,
+                }
                 records.append(rec)
                 if name == "heuristic":
                     heur = rec
                 if best is None or rec["ms_median"] < best["ms_median"]:
                     best = rec
-            print(f"{op:<9} {layout:<13} {str(shape):<20} heuristic {heur['pct_copy_bw']:5.1f}% "
-                  f"({heur['ms_median']:.4f} ms)  best {best['pct_copy_bw']:5.1f}% ({best['ms_median']:.4f} ms) "
-                  f"{best['config']} {best['BLOCK_C']}x{best['BLOCK_HW']} "
-                  f"splits={best.get('SPLITS', '-')}")  # fmt: skip
+            print(
+                f"{op:<9} {layout:<13} {str(shape):<20} heuristic {heur['pct_copy_bw']:5.1f}% "
+                f"({heur['ms_median']:.4f} ms)  best {best['pct_copy_bw']:5.1f}% ({best['ms_median']:.4f} ms) "
+                f"{best['config']} {best['block_c']}x{best['block_hw']} "
+                f"splits={best.get('splits', '-')}"
+            )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"copy_gbps": roof, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                       "records": records}, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "copy_gbps": roof,
+                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "records": records,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

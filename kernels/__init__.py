@@ -1,37 +1,28 @@
 """Triton kernels of the fused BAM gate and their launchers (no nn.Module code here).
 
-``gate_fwd``: :func:`launch_gate_fwd` / :data:`gate_fwd_kernel`;
-``gate_bwd``: :func:`gate_bwd` = :func:`launch_gate_bwd` (:data:`gate_bwd_kernel`) then
-:func:`launch_gate_bwd_reduce` (:data:`gate_bwd_reduce_kernel`);
-``gate_math``: the element-wise formula both share; ``layout``: strides and tile shapes;
-``inspect``: ahead-of-time compilation to PTX without a GPU.
+Each file holds its kernels with the launcher that owns their plan and their outputs:
+
+    gate_fwd.py    gate_fwd_kernel                          launched by gate_fwd(x, mc, ms, ...) -> y
+    gate_bwd.py    gate_bwd_kernel, gate_bwd_reduce_kernel  launched by gate_bwd(g, x, mc, ms, ...) -> (gx, gmc, gms)
+    gate_math.py   the element-wise formula both share
+    layout.py      strides of NCHW / channels_last, tile shapes, shared launch constants
+    ptx_report.py  ahead-of-time compilation to PTX without a GPU (python -m bam_fused.kernels.ptx_report)
+
+The autograd bindings live in :mod:`bam_fused.ops`.
 """
 
-from .gate_bwd import (
-    bwd_config,
-    bwd_grid,
-    bwd_partial_shapes,
-    bwd_plan,
-    gate_bwd,
-    gate_bwd_kernel,
-    gate_bwd_reduce_kernel,
-    launch_gate_bwd,
-    launch_gate_bwd_reduce,
-)
-from .gate_fwd import fwd_config, fwd_plan, gate_fwd_kernel, launch_gate_fwd
+from .gate_bwd import BwdBuffers, BwdConfig, bwd_buffers, bwd_config, bwd_plan, gate_bwd
+from .gate_fwd import FwdConfig, fwd_config, fwd_plan, gate_fwd
 
 __all__ = [
+    "BwdBuffers",
+    "BwdConfig",
+    "FwdConfig",
+    "bwd_buffers",
     "bwd_config",
-    "bwd_grid",
-    "bwd_partial_shapes",
     "bwd_plan",
     "fwd_config",
     "fwd_plan",
     "gate_bwd",
-    "gate_bwd_kernel",
-    "gate_bwd_reduce_kernel",
-    "gate_fwd_kernel",
-    "launch_gate_bwd",
-    "launch_gate_bwd_reduce",
-    "launch_gate_fwd",
+    "gate_fwd",
 ]

@@ -13,19 +13,38 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import cdiv
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
-from .layout import TILE_BYTES, cdiv, compute_dtype, config_key, layout_of, tile_shape
+from .layout import NUM_WARPS, as_kernel_layout, dense, layout_of, tile_shape, tl_compute_dtype
+
+# A forward program's tile holds this many bytes of x: two 16-byte accesses per thread of 4 warps.
+# Small tiles, many programs: on an H200 this beat 8-32 KiB tiles at every ResNet-50 BAM shape
+# (benchmarks/NOTES.md, tuning sweep 1).
+FWD_TILE_BYTES = 4096
 
 
 @triton.jit
 def gate_fwd_kernel(
-    x_ptr, mc_ptr, ms_ptr, y_ptr,
-    C, HW,
-    stride_n, stride_c, stride_hw,
-    num_c_blocks, num_hw_blocks,
-    COMBINE: tl.constexpr, HAS_MC: tl.constexpr, HAS_MS: tl.constexpr, RESIDUAL: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr,
-):  # fmt: skip
+    x_ptr,  # (N, C, HW) by the strides below
+    mc_ptr,  # (N, C) contiguous; unused without HAS_MC
+    ms_ptr,  # (N, HW) contiguous; unused without HAS_MS
+    y_ptr,  # like x
+    C,
+    HW,
+    stride_n,  # x's and y's strides over (n, c, hw)
+    stride_c,
+    stride_hw,
+    num_c_blocks,  # tiles along c and along hw per sample
+    num_hw_blocks,
+    COMBINE: tl.constexpr,  # COMBINE_CODES
+    HAS_MC: tl.constexpr,
+    HAS_MS: tl.constexpr,
+    RESIDUAL: tl.constexpr,  # y = x · (1 + s), else x · s
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    INT64: tl.constexpr,  # 64-bit offsets
+    COMPUTE: tl.constexpr,  # float32, or float64 for gradcheck
+):
     pid = tl.program_id(0)
     pid_hw = pid % num_hw_blocks
     pid_c = (pid // num_hw_blocks) % num_c_blocks
@@ -57,12 +76,20 @@ def gate_fwd_kernel(
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def fwd_config(C: int, HW: int, channels_last: bool, element_size: int,
-               tile_bytes: int = TILE_BYTES, max_fast: int = 1024) -> dict:  # fmt: skip
-    """Block shape and warps for the forward: a TILE_BYTES tile, the fast axis up to 1024 wide, 4 warps
-    (``python -m benchmarks.tune`` varies the tile and the fast axis)."""
-    block_c, block_hw = tile_shape(C, HW, channels_last, tile_bytes // element_size, max_fast)
-    return {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "num_warps": 4}
+class FwdConfig(NamedTuple):
+    """The forward's tuning knobs."""
+
+    block_c: int
+    block_hw: int
+    num_warps: int = NUM_WARPS
+
+
+def fwd_config(
+    C: int, HW: int, channels_last: bool, element_size: int, tile_bytes: int = FWD_TILE_BYTES, max_fast: int = 1024
+) -> FwdConfig:
+    """The forward's heuristic: a ``tile_bytes`` tile, the fast axis up to ``max_fast`` lanes wide
+    (``python -m benchmarks.tune`` varies both)."""
+    return FwdConfig(*tile_shape(C, HW, channels_last, tile_bytes // element_size, max_fast))
 
 
 class FwdPlan(NamedTuple):
@@ -73,43 +100,67 @@ class FwdPlan(NamedTuple):
     meta: dict  # its block constexprs and num_warps
 
 
-def fwd_plan(x, config: dict | None = None) -> FwdPlan:
-    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`fwd_config`'s), cached."""
-    return _fwd_plan(x.shape, x.stride(), x.dtype, config_key(config))
+def fwd_plan(x: torch.Tensor, config: FwdConfig | None = None, force_int64: bool = False) -> FwdPlan:
+    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`fwd_config`'s), cached.
+    ``force_int64`` takes the 64-bit offset path whatever the size (tests)."""
+    return _fwd_plan(x.shape, x.stride(), x.dtype, config, force_int64)
 
 
 @functools.lru_cache(maxsize=1024)
-def _fwd_plan(shape, strides, dtype, config_items) -> FwdPlan:
+def _fwd_plan(shape, strides, dtype, config, force_int64) -> FwdPlan:
     N, C, H, W = shape
     HW = H * W
     lay = layout_of(shape, strides)
-    cfg = fwd_config(C, HW, lay.channels_last, dtype.itemsize) if config_items is None else dict(config_items)
-    num_c_blocks = cdiv(C, cfg["BLOCK_C"])
-    num_hw_blocks = cdiv(HW, cfg["BLOCK_HW"])
+    cfg = config or fwd_config(C, HW, lay.channels_last, dtype.itemsize)
+    num_c_blocks, num_hw_blocks = cdiv(C, cfg.block_c), cdiv(HW, cfg.block_hw)
     return FwdPlan(
         grid=(N * num_c_blocks * num_hw_blocks,),
         args=(C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_c_blocks, num_hw_blocks),
-        meta={"BLOCK_C": cfg["BLOCK_C"], "BLOCK_HW": cfg["BLOCK_HW"], "INT64": cfg.get("INT64", lay.int64),
-              "COMPUTE": compute_dtype(dtype), "num_warps": cfg.get("num_warps", 4)},
-    )  # fmt: skip
+        meta={
+            "BLOCK_C": cfg.block_c,
+            "BLOCK_HW": cfg.block_hw,
+            "INT64": lay.int64 or force_int64,
+            "COMPUTE": tl_compute_dtype(dtype),
+            "num_warps": cfg.num_warps,
+        },
+    )
 
 
-def launch_gate_fwd(x, mc, ms, y, *, combine: str, residual: bool, config: dict | None = None) -> torch.Tensor:
-    """Write the gated ``x`` into ``y``.
+def gate_fwd(
+    x: torch.Tensor,
+    mc: torch.Tensor | None,
+    ms: torch.Tensor | None,
+    *,
+    combine: str,
+    residual: bool,
+    config: FwdConfig | None = None,
+    out: torch.Tensor | None = None,
+    force_int64: bool = False,
+) -> torch.Tensor:
+    """The gated x: ``x · (1 + σ(mc ⊕ ms))`` (``x · σ(…)`` without ``residual``).
 
-    Shapes: x, y (N, C, H, W), same strides, contiguous or channels_last; mc (N, C) contiguous
-    or None; ms (N, H·W) contiguous or None, not both None (any shape holding those elements in
-    that order will do: only the pointers are used). ``config`` overrides the block
-    heuristic (``BLOCK_C``, ``BLOCK_HW``, ``num_warps``; ``INT64`` forces 64-bit offsets);
-    tests use it to force many tiles and the int64 path on small tensors.
-    Returns ``y``.
+    Shapes: x (N, C, H, W), NCHW or channels_last taken as they are (any other layout is copied
+    once); mc N·C and ms N·H·W elements in order, in any shape ((N, C), (N, C, 1, 1); (N, H, W),
+    (N, 1, H, W)), or None, not both. ``out``: where to write y (x's shape and strides; tests pass
+    a poisoned one); ``config``: block shape (None: :func:`fwd_config`); ``force_int64``: 64-bit
+    offsets on any size. Returns y, x's shape, dtype and strides.
     """
+    x = as_kernel_layout(x)
+    y = torch.empty_like(x) if out is None else out
     if x.numel() == 0:
         return y
-    plan = fwd_plan(x, config)
+    plan = fwd_plan(x, config, force_int64)
+    mc, ms = dense(mc), dense(ms)
     gate_fwd_kernel[plan.grid](
-        x, mc if mc is not None else x, ms if ms is not None else x, y, *plan.args,
-        COMBINE=COMBINE_CODES[combine], HAS_MC=mc is not None, HAS_MS=ms is not None, RESIDUAL=residual,
+        x,
+        mc if mc is not None else x,
+        ms if ms is not None else x,
+        y,
+        *plan.args,
+        COMBINE=COMBINE_CODES[combine],
+        HAS_MC=mc is not None,
+        HAS_MS=ms is not None,
+        RESIDUAL=residual,
         **plan.meta,
-    )  # fmt: skip
+    )
     return y

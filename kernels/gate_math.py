@@ -10,19 +10,21 @@ gradcheck) so that the forward and backward kernels cannot disagree on the formu
 import triton
 import triton.language as tl
 
-COMBINE_SUM = 0
-COMBINE_PRODUCT = 1
-COMBINE_MAX = 2
-COMBINE_CODES = {"sum": COMBINE_SUM, "product": COMBINE_PRODUCT, "max": COMBINE_MAX}
+from ..common import COMBINES
+
+# The COMBINE constexpr of every kernel: the combine's position in COMBINES.
+COMBINE_SUM: tl.constexpr = tl.constexpr(COMBINES.index("sum"))
+COMBINE_PRODUCT: tl.constexpr = tl.constexpr(COMBINES.index("product"))
+COMBINE_CODES = {name: code for code, name in enumerate(COMBINES)}
 
 
 @triton.jit
 def gate_preactivation(mc, ms, COMBINE: tl.constexpr, HAS_MC: tl.constexpr, HAS_MS: tl.constexpr):
     """a = mc ⊕ ms for broadcastable tiles mc [BC, 1] / ms [1, BHW] (or [BHW, 1] / [1, BC])."""
     if HAS_MC and HAS_MS:
-        if COMBINE == 0:
+        if COMBINE == COMBINE_SUM:
             a = mc + ms
-        elif COMBINE == 1:
+        elif COMBINE == COMBINE_PRODUCT:
             a = mc * ms
         else:
             # Spelled out rather than tl.maximum so NaN propagates from either side, as torch.maximum.
@@ -46,10 +48,10 @@ def gate_combine_grads(t, mc, ms, COMBINE: tl.constexpr):
 
     max follows torch.maximum: a tie gives each side half, NaN on either side gives both all.
     """
-    if COMBINE == 0:
+    if COMBINE == COMBINE_SUM:
         t_mc = t
         t_ms = t
-    elif COMBINE == 1:
+    elif COMBINE == COMBINE_PRODUCT:
         t_mc = t * ms
         t_ms = t * mc
     else:

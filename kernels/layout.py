@@ -1,4 +1,5 @@
-"""How the launchers see a feature map: strides over (n, c, hw) and the tile shape to use.
+"""How the launchers see a feature map: strides over (n, c, hw), the layouts taken as they are,
+tile shapes, and the constants every launcher shares.
 
 The kernels address x[n, c, hw] as ``n * stride_n + c * stride_c + hw * stride_hw``; both
 memory formats a CNN produces collapse (h, w) into one hw axis of a single stride:
@@ -6,28 +7,30 @@ memory formats a CNN produces collapse (h, w) into one hw axis of a single strid
     contiguous NCHW   (C·HW, HW, 1)  the fast axis is hw
     channels_last     (HW·C, 1, C)   the fast axis is c
 
-Other layouts are copied once by the caller (see ``bam_fused.ops``).
+Any other layout is copied once to NCHW (:func:`as_kernel_layout`).
 """
 
 import functools
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton.language as tl
 
-# A forward program's tile holds this many bytes of x: two 16-byte accesses per thread of 4 warps.
-# Small tiles, many programs: on an H200 this beat 8-32 KiB tiles at every ResNet-50 BAM shape
-# (benchmarks/NOTES.md, tuning sweep 1).
-TILE_BYTES = 4096
+from ..common import compute_dtype, next_pow2
+
+# Warps per program of every launch: 4 won every sweep on an H200 (benchmarks/NOTES.md).
+NUM_WARPS = 4
+# Offsets switch to 64 bits from this many elements of x on.
+INT64_FROM = 2**31
+TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-@dataclass(frozen=True)
-class GateLayout:
+class GateLayout(NamedTuple):
     stride_n: int
     stride_c: int
     stride_hw: int
     channels_last: bool
-    int64: bool
+    int64: bool  # offsets need 64 bits
 
 
 @functools.lru_cache(maxsize=1024)
@@ -39,7 +42,7 @@ def layout_of(shape: tuple, strides: tuple) -> GateLayout:
     """
     n, c, h, w = shape
     hw = h * w
-    int64 = n * c * hw >= 2**31
+    int64 = n * c * hw >= INT64_FROM
     # torch's own contiguity rules (size-1 and empty dims), on a meta tensor: no data, no device.
     probe = torch.empty_strided(shape, strides, device="meta")
     if probe.is_contiguous():
@@ -49,20 +52,28 @@ def layout_of(shape: tuple, strides: tuple) -> GateLayout:
     raise ValueError(f"x must be contiguous or channels_last, got shape {tuple(shape)} with strides {tuple(strides)}")
 
 
-def config_key(config: dict | None):
-    """A hashable stand-in for a launch config (None: the heuristic's), for the plan caches."""
-    return None if config is None else tuple(sorted(config.items()))
+def as_kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """x itself when the kernels address it by strides (NCHW or channels_last), else one NCHW copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
 
 
-def cdiv(a: int, b: int) -> int:
-    """⌈a / b⌉. Plain Python: triton.cdiv goes through Triton's constexpr machinery, ~10 µs a
-    call on the host, and a backward took a dozen of them."""
-    return -(-a // b)
+def like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t laid out like x (x already in a kernel layout): a no-op when the strides agree."""
+    if x.is_contiguous():
+        return t.contiguous()
+    return t.contiguous(memory_format=torch.channels_last)
 
 
-def next_pow2(n: int) -> int:
-    """The smallest power of 2 ≥ n (1 for n ≤ 1); plain Python for the reason of :func:`cdiv`."""
-    return 1 << max(0, n - 1).bit_length()
+def dense(m: torch.Tensor | None) -> torch.Tensor | None:
+    """A map as the kernels read it: its N·C or N·H·W elements in order, whatever its shape."""
+    return None if m is None else m.contiguous()
+
+
+def tl_compute_dtype(dtype: torch.dtype):
+    """:func:`bam_fused.common.compute_dtype` as a Triton dtype, for the kernels' COMPUTE constexpr."""
+    return TL_DTYPES[compute_dtype(dtype)]
 
 
 def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: int) -> tuple[int, int]:
@@ -74,11 +85,6 @@ def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: 
         block_hw = min(next_pow2(HW), max_fast)
         block_c = max(1, min(next_pow2(C), tile_elems // block_hw))
     return block_c, block_hw
-
-
-def compute_dtype(dtype: torch.dtype):
-    """The kernels' compute dtype for x of ``dtype``: float64 stays float64 (gradcheck), else float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def multiprocessor_count(device: torch.device) -> int:

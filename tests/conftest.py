@@ -1,18 +1,14 @@
 """Test set-up: without CUDA the Triton kernels run on CPU tensors through the interpreter.
 
-TRITON_INTERPRET must be set before triton is imported, hence at the top of this file.
+TRITON_INTERPRET must be set before the kernels are imported, hence at the top of this file.
 """
 
-import os
-
+import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from bam_fused.common import interpret_without_cuda
 
-import pytest  # noqa: E402
-
+CUDA = interpret_without_cuda()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 

@@ -41,9 +41,14 @@ class SpatialGate(nn.Module):
         for i in range(dilation_conv_num):
             self.gate_s.add_module(
                 "gate_s_conv_di_%d" % i,
-                nn.Conv2d(gate_channel // reduction_ratio, gate_channel // reduction_ratio, kernel_size=3,
-                          padding=dilation_val, dilation=dilation_val),
-            )  # fmt: skip
+                nn.Conv2d(
+                    gate_channel // reduction_ratio,
+                    gate_channel // reduction_ratio,
+                    kernel_size=3,
+                    padding=dilation_val,
+                    dilation=dilation_val,
+                ),
+            )
             self.gate_s.add_module("gate_s_bn_di_%d" % i, nn.BatchNorm2d(gate_channel // reduction_ratio))
             self.gate_s.add_module("gate_s_relu_di_%d" % i, nn.ReLU())
         self.gate_s.add_module("gate_s_conv_final", nn.Conv2d(gate_channel // reduction_ratio, 1, kernel_size=1))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bam_fused import BAM, FusedBAM, bam_gate
+from bam_fused.kernels.layout import as_kernel_layout
 from bam_fused.models import resnet_bam
-from bam_fused.ops import _kernel_layout
 
 CL = torch.channels_last
 # Fused vs eager under the same autocast: both see the same half-precision maps, so they differ
@@ -96,7 +96,7 @@ def test_fused_bam_half_input(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, *DTYPES])
 def test_gate_keeps_channels_last_without_copy(dtype):
     x = torch.randn(2, 32, 5, 7, dtype=dtype).contiguous(memory_format=CL)
-    assert _kernel_layout(x) is x  # the kernels address channels_last by strides
+    assert as_kernel_layout(x) is x  # the kernels address channels_last by strides
     mc, ms = torch.randn(2, 32), torch.randn(2, 5, 7)  # float32 maps beside a half x, as autocast gives
     xi = x.clone().requires_grad_()
     y = bam_gate(xi, mc, ms, backend="triton")

@@ -27,8 +27,17 @@ from benchmarks import cases, report  # noqa: E402
 from benchmarks.results import HEADER_FIELDS, RECORD_FIELDS, load  # noqa: E402
 
 CUDA = torch.cuda.is_available()
-GPU_RUN_STAGES = ("install", "env", "gpu_equiv", "bench", "device_time", "host_time", "sanitizer", "gpu_probes",
-                  "core_tests")
+GPU_RUN_STAGES = (
+    "install",
+    "env",
+    "gpu_equiv",
+    "bench",
+    "device_time",
+    "host_time",
+    "sanitizer",
+    "gpu_probes",
+    "core_tests",
+)
 
 
 def _run(args, timeout, **env):
@@ -50,8 +59,21 @@ def test_benchmarks_skip_with_one_reason_without_cuda():
 @pytest.mark.slow
 def test_quick_benchmark_writes_the_schema_and_renders(tmp_path):
     results_dir = tmp_path / "results"
-    proc = _run([sys.executable, "-m", "pytest", "benchmarks/", "--quick", "--results-dir", str(results_dir),
-                 "-q", "-p", "no:cacheprovider"], 900)  # fmt: skip
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks/",
+            "--quick",
+            "--results-dir",
+            str(results_dir),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        900,
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     files = list(results_dir.glob("*.json"))
     assert len(files) == 1, files
@@ -64,8 +86,10 @@ def test_quick_benchmark_writes_the_schema_and_renders(tmp_path):
         assert set(r) == set(RECORD_FIELDS), r
         assert r["ms_median"] > 0 and r["ms_iqr"] >= 0, r
     measured = {(r["op"], r["provider"], r["dtype"], r["layout"], tuple(r["shape"])) for r in records}
-    planned = {(c.op, c.provider, c.dtype, c.layout, tuple(c.shape))
-               for c in cases.gate_cases(True) + cases.module_cases(True) + cases.resnet_cases(True)}  # fmt: skip
+    planned = {
+        (c.op, c.provider, c.dtype, c.layout, tuple(c.shape))
+        for c in cases.gate_cases(True) + cases.module_cases(True) + cases.resnet_cases(True)
+    }
     assert measured == planned, f"missing {planned - measured}, unexpected {measured - planned}"
     for r in records:
         if r["op"].startswith("gate_"):
@@ -76,8 +100,14 @@ def test_quick_benchmark_writes_the_schema_and_renders(tmp_path):
     md, png = tmp_path / "perf.md", tmp_path / "perf.png"
     assert report.main(["--results", str(files[0]), "--out-md", str(md), "--out-png", str(png)]) == 0
     text = md.read_text()
-    for heading in ("| measure | goal |", "### gate_fwd", "### gate_bwd", "### gate_fwdbwd", "### BAM module",
-                    "_step: batch"):  # fmt: skip
+    for heading in (
+        "| measure | goal |",
+        "### gate_fwd",
+        "### gate_bwd",
+        "### gate_fwdbwd",
+        "### BAM module",
+        "_step: batch",
+    ):
         assert heading in text, heading
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     summary = _run([sys.executable, "-m", "benchmarks.report", "--results", str(files[0]), "--summary"], 120)
@@ -109,11 +139,26 @@ def test_sanitizer_driver_smoke_on_the_interpreter():
 def test_result_file_round_trip(tmp_path):
     from benchmarks.results import ResultsFile, newest
 
-    header = {"device": "test", "torch": "x", "triton": "y", "cuda": None, "python": "3",
-              "date": "2026-01-01T00:00:00+00:00", "copy_gbps": 100.0, "quick": True}  # fmt: skip
+    header = {
+        "device": "test",
+        "torch": "x",
+        "triton": "y",
+        "cuda": None,
+        "python": "3",
+        "date": "2026-01-01T00:00:00+00:00",
+        "copy_gbps": 100.0,
+        "quick": True,
+    }
     rf = ResultsFile(tmp_path / "a.json", header)
-    common = {"op": "gate_fwd", "dtype": "bf16", "layout": "nchw", "shape": (1, 2, 3, 4), "shape_set": "quick",
-              "ms_iqr": 0.0, "bytes_min": 10**6}  # fmt: skip
+    common = {
+        "op": "gate_fwd",
+        "dtype": "bf16",
+        "layout": "nchw",
+        "shape": (1, 2, 3, 4),
+        "shape_set": "quick",
+        "ms_iqr": 0.0,
+        "bytes_min": 10**6,
+    }
     rf.add(provider="eager", ms_median=2.0, **common)
     rf.add(provider="compiled", ms_median=1.0, **common)
     rf.add(provider="fused", ms_median=0.5, **common)
@@ -157,13 +202,15 @@ def test_tune_quick_sweeps_every_candidate(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = json.loads(out.read_text())["records"]
     n, c, h, w = records[0]["shape"]
-    for op, cands in (("gate_fwd", fwd_candidates(c, h * w, False, 4)),
-                      ("gate_bwd", bwd_candidates(n, c, h * w, False, 4, 1))):  # fmt: skip
+    for op, cands in (
+        ("gate_fwd", fwd_candidates(c, h * w, False, 4)),
+        ("gate_bwd", bwd_candidates(n, c, h * w, False, 4, 1)),
+    ):
         names = [name for name, _ in cands]
         for layout in ("nchw", "channels_last"):
             got = [r["config"] for r in records if r["op"] == op and r["layout"] == layout]
             assert got == names and all(r["ms_median"] > 0 for r in records), (op, layout, got)
-    stages = {r.get("NUM_STAGES") for r in records if r["op"] == "gate_bwd"}
+    stages = {r.get("num_stages") for r in records if r["op"] == "gate_bwd"}
     assert stages == {1, 2, 3, 4}, stages
 
 
@@ -174,8 +221,13 @@ def test_device_time_cases_run_on_cpu():
 
     for layout in ("nchw", "channels_last"):
         cases = gate_cases((2, 8, 3, 5), layout, torch.device("cpu"))
-        assert [name for name, _, _ in cases] == ["fused_fwd", "eager_fwd", "fused_bwd_launchers",
-                                                  "fused_bwd_autograd", "eager_bwd_autograd"]  # fmt: skip
+        assert [name for name, _, _ in cases] == [
+            "fused_fwd",
+            "eager_fwd",
+            "fused_bwd_launchers",
+            "fused_bwd_autograd",
+            "eager_bwd_autograd",
+        ]
         for _, op, fn in cases:
             assert op in ("gate_fwd", "gate_bwd")
             fn()

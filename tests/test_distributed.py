@@ -23,9 +23,14 @@ def _net() -> nn.Module:
     """conv → BN → ReLU → FusedBAM → pool → fc: (N, 3, 8, 8) → (N, 5), same weights on every call."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        FusedBAM(32, reduction_ratio=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5),
-    )  # fmt: skip
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        FusedBAM(32, reduction_ratio=8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
     with torch.no_grad():  # distinct running statistics, so eval-mode BN is not the identity
         for m in net.modules():
             if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):

@@ -9,68 +9,59 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from bam_fused.kernels import (
+    BwdConfig,
+    FwdConfig,
+    bwd_buffers,
     bwd_config,
-    bwd_grid,
-    bwd_partial_shapes,
     bwd_plan,
     fwd_config,
     fwd_plan,
     gate_bwd,
-    launch_gate_bwd,
-    launch_gate_bwd_reduce,
-    launch_gate_fwd,
+    gate_fwd,
 )
 from bam_fused.kernels.gate_bwd import PROGRAMS_PER_SM
 from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 LAYOUTS = {"nchw": False, "channels_last": True}
 # Ragged on purpose: C and HW are not multiples of the blocks below.
 SHAPE = (2, 11, 5, 7)
-SMALL_FWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "num_warps": 4}
-SMALL_BWD = {"BLOCK_C": 4, "BLOCK_HW": 16, "SPLITS": 2, "num_warps": 4}
+SMALL_FWD = FwdConfig(block_c=4, block_hw=16)
+# A small reduce block: stage two runs several programs per map, the last one ragged.
+SMALL_BWD = BwdConfig(block_c=4, block_hw=16, splits=2, reduce_block=16)
 
 
-def _flat(m):
-    return None if m is None else m.flatten(1)
-
-
-def run_fwd(x, mc, ms, combine, residual, config=None):
-    y = poisoned_like(x)
-    launch_gate_fwd(x, mc, _flat(ms), y, combine=combine, residual=residual, config=config)
+def run_fwd(x, mc, ms, combine, residual, config=None, force_int64=False):
+    """The forward into a NaN-poisoned output."""
+    out = poisoned_like(x)
+    y = gate_fwd(x, mc, ms, combine=combine, residual=residual, config=config, out=out, force_int64=force_int64)
+    assert y is out
     return y
 
 
-def run_bwd(g, x, mc, ms, combine, residual, config):
-    """Stage one into NaN-poisoned buffers, then the fixed-order reduction, as gate_bwd does."""
-    N, C, H, W = x.shape
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    gmc_shape, gms_shape = bwd_partial_shapes(x, config)
-    gx = poisoned_like(x)
-    gmc_part = torch.full(gmc_shape, float("nan"), dtype=acc, device=x.device)
-    gms_part = torch.full(gms_shape, float("nan"), dtype=acc, device=x.device)
-    launch_gate_bwd(g, x, mc, _flat(ms), gx, gmc_part if mc is not None else None,
-                    gms_part if ms is not None else None, combine=combine, residual=residual,
-                    config=config)  # fmt: skip
-    gmc = torch.full((N, C), float("nan"), dtype=mc.dtype, device=x.device) if mc is not None else None
-    gms = torch.full((N, H * W), float("nan"), dtype=ms.dtype, device=x.device) if ms is not None else None
-    launch_gate_bwd_reduce(gmc_part if mc is not None else None, gmc, gms_part if ms is not None else None, gms)
-    if gmc is not None:  # stage two is the fixed-order sum of stage one's partials
-        torch.testing.assert_close(gmc, gmc_part.sum(-1).to(mc.dtype), equal_nan=True)
-    if gms is not None:
-        torch.testing.assert_close(gms, gms_part.sum(1).to(ms.dtype), equal_nan=True)
-    return gx, gmc, gms.view(N, H, W) if gms is not None else None
+def run_bwd(g, x, mc, ms, combine, residual, config, force_int64=False):
+    """The backward into NaN-poisoned buffers (partials included); checks that stage two is the
+    fixed-order sum of stage one's partials."""
+    out = bwd_buffers(x, mc, ms, bwd_plan(x, config), fill=float("nan"))
+    grads = gate_bwd(g, x, mc, ms, combine=combine, residual=residual, config=config, out=out, force_int64=force_int64)
+    assert grads == out[:3]
+    if out.gmc is not None:
+        torch.testing.assert_close(out.gmc, out.gmc_part.sum(1).to(mc.dtype), equal_nan=True)
+    if out.gms is not None:
+        torch.testing.assert_close(out.gms.flatten(1), out.gms_part.sum(1).to(ms.dtype), equal_nan=True)
+    return grads
 
 
-def check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg):
-    y = run_fwd(x, mc, ms, combine, residual, fwd_cfg)
+def check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg, force_int64=False):
+    y = run_fwd(x, mc, ms, combine, residual, fwd_cfg, force_int64)
     g = torch.randn_like(y)
     y_ref, grads_ref = reference64(x, mc, ms, combine, residual, g)
     assert_close(y, y_ref, "y")
     assert y.stride() == x.stride()
-    grads = run_bwd(g, x, mc, ms, combine, residual, bwd_cfg)
+    grads = run_bwd(g, x, mc, ms, combine, residual, bwd_cfg, force_int64)
     for name, got, want in zip(("gx", "gmc", "gms"), grads, grads_ref):
         if want is not None:
             assert_close(got, want, name)
@@ -102,7 +93,7 @@ def test_odd_shapes_with_launch_heuristics(shape, layout, device):
 def test_pipelined_backward_walk(layout, device):
     """NUM_STAGES > 1 (the walk prefetched through shared memory on a GPU) computes the same thing."""
     x, mc, ms, combine = make_inputs(SHAPE, "product", torch.bfloat16, LAYOUTS[layout], device=device)
-    check_all(x, mc, ms, combine, True, SMALL_FWD, {**SMALL_BWD, "NUM_STAGES": 3})
+    check_all(x, mc, ms, combine, True, SMALL_FWD, SMALL_BWD._replace(num_stages=3))
 
 
 @pytest.mark.parametrize("mode", ["sum", "max"])
@@ -124,7 +115,7 @@ def test_half_x_with_float32_maps(dtype, device):
 def test_int64_offsets(layout, device):
     """The 64-bit offset path (taken at numel ≥ 2³¹) computes the same thing, forced on a small map."""
     x, mc, ms, combine = make_inputs(SHAPE, "product", torch.float32, LAYOUTS[layout], device=device)
-    check_all(x, mc, ms, combine, True, {**SMALL_FWD, "INT64": True}, {**SMALL_BWD, "INT64": True})
+    check_all(x, mc, ms, combine, True, SMALL_FWD, SMALL_BWD, force_int64=True)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -133,7 +124,7 @@ def test_split_uneven(splits, layout, device):
     """Splits of the walked axis (c for NCHW, hw for channels_last) that do not divide it,
     including more splits asked for than there are chunks."""
     x, mc, ms, combine = make_inputs((2, 19, 3, 6), "sum", torch.float32, LAYOUTS[layout], device=device)
-    check_all(x, mc, ms, combine, True, SMALL_FWD, {**SMALL_BWD, "SPLITS": splits})
+    check_all(x, mc, ms, combine, True, SMALL_FWD, SMALL_BWD._replace(splits=splits))
 
 
 def test_gradient_for_g_in_other_layout(device):
@@ -153,37 +144,25 @@ def test_empty_batch(device):
     x, mc, ms, combine = make_inputs((0, 4, 3, 3), "sum", torch.float32, device=device)
     y = run_fwd(x, mc, ms, combine, True)
     assert y.shape == x.shape
-    gx, gmc, gms = gate_bwd(torch.randn_like(x), x, mc, _flat(ms), combine="sum", residual=True)
-    assert gx.shape == x.shape and gmc.shape == (0, 4) and gms.shape == (0, 9)
-
-
-@pytest.mark.parametrize("block", [1, 16, 1024])
-def test_reduce_kernel_against_torch_sum(block, device):
-    """Stage two alone, with outputs poisoned: ragged blocks, one partial, zero partials (C = 0)."""
-    for parts_c, parts_s, n, c, hw in [(3, 2, 2, 5, 7), (1, 1, 1, 1, 1), (4, 0, 2, 0, 6)]:
-        gmc_part = torch.randn(n, c, parts_c, device=device)
-        gms_part = torch.randn(n, parts_s, hw, device=device)
-        gmc = torch.full((n, c), float("nan"), dtype=torch.bfloat16, device=device)
-        gms = torch.full((n, hw), float("nan"), device=device)
-        launch_gate_bwd_reduce(gmc_part, gmc, gms_part, gms, block=block)
-        # one bf16 ulp: the interpreter truncates the cast where torch rounds to nearest
-        torch.testing.assert_close(gmc, gmc_part.sum(-1).bfloat16(), atol=0, rtol=2**-7)
-        torch.testing.assert_close(gms, gms_part.sum(1), atol=1e-6, rtol=1e-6)
+    gx, gmc, gms = gate_bwd(torch.randn_like(x), x, mc, ms, combine="sum", residual=True)
+    assert gx.shape == x.shape and gmc.shape == (0, 4) and gms.shape == (0, 3, 3)
 
 
 def test_zero_channels_give_zero_spatial_gradient(device):
     x, mc, ms, combine = make_inputs((2, 0, 3, 3), "spatial", torch.float32, device=device)
-    gx, gmc, gms = gate_bwd(torch.randn_like(x), x, None, _flat(ms), combine=combine, residual=True)
-    assert gx.shape == x.shape and gmc is None and torch.equal(gms, torch.zeros(2, 9, device=device))
+    for cl in (False, True):
+        xl = x.to(memory_format=torch.channels_last) if cl else x
+        gx, gmc, gms = run_bwd(torch.randn_like(xl), xl, None, ms, combine, True, None)
+        assert gx.shape == x.shape and gmc is None and torch.equal(gms, torch.zeros(2, 3, 3, device=device))
 
 
 def test_deterministic(device):
     """Two backward runs with a c-split are bitwise equal (no atomics, fixed reduction order)."""
     x, mc, ms, combine = make_inputs((2, 37, 6, 6), "sum", torch.float32, device=device)
     g = torch.randn_like(x)
-    cfg = {**SMALL_BWD, "SPLITS": 4}
-    first = gate_bwd(g, x, mc, _flat(ms), combine=combine, residual=True, config=cfg)
-    second = gate_bwd(g, x, mc, _flat(ms), combine=combine, residual=True, config=cfg)
+    cfg = SMALL_BWD._replace(splits=4)
+    first = gate_bwd(g, x, mc, ms, combine=combine, residual=True, config=cfg)
+    second = gate_bwd(g, x, mc, ms, combine=combine, residual=True, config=cfg)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -215,14 +194,24 @@ def test_max_ties_split_like_torch_maximum(device):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    n=st.integers(1, 2), c=st.integers(1, 24), h=st.integers(1, 9), w=st.integers(1, 9),
-    mode=st.sampled_from(sorted(MODES)), channels_last=st.booleans(), residual=st.booleans(),
-    block_c=st.sampled_from([1, 2, 8, 32]), block_hw=st.sampled_from([1, 4, 16, 64]), splits=st.integers(1, 4),
-)  # fmt: skip
-def test_random_shapes_and_blocks(n, c, h, w, mode, channels_last, residual, block_c, block_hw, splits, device):
+    n=st.integers(1, 2),
+    c=st.integers(1, 24),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    mode=st.sampled_from(sorted(MODES)),
+    channels_last=st.booleans(),
+    residual=st.booleans(),
+    block_c=st.sampled_from([1, 2, 8, 32]),
+    block_hw=st.sampled_from([1, 4, 16, 64]),
+    splits=st.integers(1, 4),
+    reduce_block=st.sampled_from([1, 16, 1024]),
+)
+def test_random_shapes_and_blocks(
+    n, c, h, w, mode, channels_last, residual, block_c, block_hw, splits, reduce_block, device
+):
     x, mc, ms, combine = make_inputs((n, c, h, w), mode, torch.float32, channels_last, device=device)
-    fwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw}
-    bwd_cfg = {"BLOCK_C": block_c, "BLOCK_HW": block_hw, "SPLITS": splits}
+    fwd_cfg = FwdConfig(block_c, block_hw)
+    bwd_cfg = BwdConfig(block_c, block_hw, splits, reduce_block=reduce_block)
     check_all(x, mc, ms, combine, residual, fwd_cfg, bwd_cfg)
 
 
@@ -235,14 +224,16 @@ def test_heuristics_cover_the_resnet_shapes():
         f = fwd_config(c, hw, cl, size)
         b = bwd_config(64, c, hw, cl, size, num_sms=132)
         for cfg in (f, b):
-            for key in ("BLOCK_C", "BLOCK_HW"):
-                assert cfg[key] & (cfg[key] - 1) == 0, (c, hw, cfg)
-            assert cfg["BLOCK_C"] * cfg["BLOCK_HW"] * size <= 16384
-        assert b["BLOCK_C" if cl else "BLOCK_HW"] <= 32 * 16 // size
+            for block in (cfg.block_c, cfg.block_hw):
+                assert block & (block - 1) == 0, (c, hw, cfg)
+            assert cfg.block_c * cfg.block_hw * size <= 16384
+        assert (b.block_c if cl else b.block_hw) <= 32 * 16 // size
         x = torch.empty(64, c, hw, 1, device="meta")
-        walk_c, blocks, splits, _ = bwd_grid(x.to(memory_format=torch.channels_last) if cl else x, b)
-        chunks = -(-c // b["BLOCK_C"]) if walk_c else -(-hw // b["BLOCK_HW"])
-        assert 64 * blocks * splits >= min(PROGRAMS_PER_SM * 132, 64 * blocks * chunks), (c, hw, b)
+        plan = bwd_plan(x.to(memory_format=torch.channels_last) if cl else x, b)
+        chunks = -(-c // b.block_c) if plan.walk_is_c else -(-hw // b.block_hw)
+        programs = plan.grid[0]
+        assert programs == 64 * plan.fast_blocks * plan.walk_splits
+        assert programs >= min(PROGRAMS_PER_SM * 132, 64 * plan.fast_blocks * chunks), (c, hw, b)
 
 
 def test_launch_plans_are_cached_per_shape_layout_dtype_and_config():
@@ -250,9 +241,10 @@ def test_launch_plans_are_cached_per_shape_layout_dtype_and_config():
     x = torch.empty(2, 8, 3, 5)
     xc = x.to(memory_format=torch.channels_last)
     assert bwd_plan(x) is bwd_plan(torch.empty(2, 8, 3, 5))
-    assert bwd_plan(x).walk_c and not bwd_plan(xc).walk_c
-    assert bwd_plan(x, SMALL_BWD) is bwd_plan(x, dict(reversed(SMALL_BWD.items())))
-    assert bwd_plan(x, SMALL_BWD) is not bwd_plan(x, {**SMALL_BWD, "SPLITS": 1})
+    assert bwd_plan(x).walk_is_c and not bwd_plan(xc).walk_is_c
+    assert bwd_plan(x, SMALL_BWD) is bwd_plan(x, BwdConfig(4, 16, 2, reduce_block=16))
+    assert bwd_plan(x, SMALL_BWD) is not bwd_plan(x, SMALL_BWD._replace(splits=1))
+    assert bwd_plan(x, SMALL_BWD) is not bwd_plan(x, SMALL_BWD, force_int64=True)
     assert fwd_plan(x) is fwd_plan(x.clone()) and fwd_plan(x) is not fwd_plan(x.double())
     assert fwd_plan(x).args != fwd_plan(xc).args  # strides differ
     with pytest.raises(ValueError, match=r"contiguous or channels_last.*\(2, 8, 3, 5\)"):

@@ -147,13 +147,25 @@ def test_init():
 
 def test_bam_kwargs_pass_through():
     model = resnet_bam(
-        18, "CIFAR10", 10, attention="fused", variant="official", combine="max", reduction_ratio=8,
-        dilation_val=2, branches="channel", backend="reference",
-    )  # fmt: skip
+        18,
+        "CIFAR10",
+        10,
+        attention="fused",
+        variant="official",
+        combine="max",
+        reduction_ratio=8,
+        dilation_val=2,
+        branches="channel",
+        backend="reference",
+    )
     b = model.bam2
     assert (b.combine, b.reduction_ratio, b.dilation_val, b.branches, b.gate_backend) == (
-        "max", 8, 2, "channel", "reference",
-    )  # fmt: skip
+        "max",
+        8,
+        2,
+        "channel",
+        "reference",
+    )
     assert b.spatial_att is None and b.channel_att.gate_c.gate_c_fc_0.out_features == 128 // 8
     assert not hasattr(b.channel_att.gate_c, "gate_c_bn_final")
 

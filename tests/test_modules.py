@@ -3,27 +3,40 @@ convert_to_fused swaps in place; bad arguments fail early and clearly."""
 
 import pytest
 import torch
-from released_bam import BAM as ReleasedBAM
 from torch import nn
 
 from bam_fused import BAM, FusedBAM, convert_to_fused
+from released_bam import BAM as ReleasedBAM
 
 OFFICIAL_KEYS = {
     f"channel_att.gate_c.{k}"
     for k in [
-        "gate_c_fc_0.weight", "gate_c_fc_0.bias", "gate_c_bn_1.weight", "gate_c_bn_1.bias",
-        "gate_c_bn_1.running_mean", "gate_c_bn_1.running_var", "gate_c_bn_1.num_batches_tracked",
-        "gate_c_fc_final.weight", "gate_c_fc_final.bias",
+        "gate_c_fc_0.weight",
+        "gate_c_fc_0.bias",
+        "gate_c_bn_1.weight",
+        "gate_c_bn_1.bias",
+        "gate_c_bn_1.running_mean",
+        "gate_c_bn_1.running_var",
+        "gate_c_bn_1.num_batches_tracked",
+        "gate_c_fc_final.weight",
+        "gate_c_fc_final.bias",
     ]
 } | {
     f"spatial_att.gate_s.{k}"
-    for k in ["gate_s_conv_reduce0.weight", "gate_s_conv_reduce0.bias", "gate_s_conv_final.weight",
-              "gate_s_conv_final.bias"]
+    for k in [
+        "gate_s_conv_reduce0.weight",
+        "gate_s_conv_reduce0.bias",
+        "gate_s_conv_final.weight",
+        "gate_s_conv_final.bias",
+    ]
     + [f"gate_s_bn_reduce0.{b}" for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
     + [f"gate_s_conv_di_{i}.{p}" for i in (0, 1) for p in ("weight", "bias")]
-    + [f"gate_s_bn_di_{i}.{b}" for i in (0, 1)
-       for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
-}  # fmt: skip
+    + [
+        f"gate_s_bn_di_{i}.{b}"
+        for i in (0, 1)
+        for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
+}
 BN_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 PAPER_EXTRA = {f"channel_att.gate_c.gate_c_bn_final.{b}" for b in BN_BUFFERS} | {
     f"spatial_att.gate_s.gate_s_bn_final.{b}" for b in BN_BUFFERS
@@ -116,9 +129,8 @@ def test_state_dict_round_trip(tmp_path, device):
 def test_convert_to_fused(device):
     ours = BAM(32, 8)
     released = ReleasedBAM(64)
-    model = nn.Sequential(
-        nn.Conv2d(3, 32, 1), ours, nn.Sequential(nn.Conv2d(32, 64, 1), released), nn.ReLU()
-    ).to(device)
+    inner = nn.Sequential(nn.Conv2d(32, 64, 1), released)
+    model = nn.Sequential(nn.Conv2d(3, 32, 1), ours, inner, nn.ReLU()).to(device)
     _randomize_bn(model)
     model.eval()
     released.train()  # a mixed tree: each module's own mode must survive

@@ -3,12 +3,12 @@
 
 import pytest
 import torch
-from gate_cases import MODES, assert_close, make_inputs, reference64
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import bam_fused
 from bam_fused import bam_gate
-from bam_fused.ops import GateFunction, gate_backward_op, gate_op
+from bam_fused.ops import _GateFunction
+from gate_cases import MODES, assert_close, make_inputs, reference64
 
 SHAPE = (2, 6, 4, 5)
 
@@ -86,7 +86,7 @@ def test_dispatch(monkeypatch):
     """auto: Triton on CPU only under the interpreter (through the autograd.Function when a gradient
     is wanted, straight to the kernels when not); triton: a clear error where it cannot run."""
     calls = []
-    monkeypatch.setattr(GateFunction, "apply", staticmethod(lambda *a: calls.append(a) or a[0].clone()))
+    monkeypatch.setattr(_GateFunction, "apply", staticmethod(lambda *a: calls.append(a) or a[0].clone()))
     x, mc, ms = _inputs("cpu")
     x.requires_grad_()
     bam_gate(x, mc, ms)
@@ -94,7 +94,7 @@ def test_dispatch(monkeypatch):
     bam_gate(x, mc, ms, backend="reference")
     assert len(calls) == 1
     inference = []
-    monkeypatch.setattr(bam_fused.ops, "gate_forward", lambda *a: inference.append(a) or a[0].clone())
+    monkeypatch.setattr(bam_fused.ops, "_gate_forward", lambda *a: inference.append(a) or a[0].clone())
     with torch.no_grad():  # nothing to differentiate: the kernels run without an autograd node
         bam_gate(x, mc, ms)
     assert len(calls) == 1 and len(inference) == 1
@@ -130,7 +130,7 @@ def test_saves_only_inputs_for_backward(path, device):
         if path == "eager":
             bam_gate(x, mc, ms, backend="triton")
         else:
-            gate_op(x, mc, ms, "sum", True)
+            torch.ops.bam_fused.gate(x, mc, ms, "sum", True)
     assert len(saved) == 3
     assert {t.data_ptr() for t in saved} == {x.data_ptr(), mc.data_ptr(), ms.data_ptr()}
 
@@ -140,14 +140,14 @@ def test_eager_path_matches_custom_op_bitwise(mode, device, monkeypatch):
     """Eager calls skip the custom-op dispatch (autograd.Function) and compute the same bits."""
     x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float32, device=device)
     leaves = [t.requires_grad_() for t in (x, mc, ms) if t is not None]
-    y_op = gate_op(x, mc, ms, combine, True)
+    y_op = torch.ops.bam_fused.gate(x, mc, ms, combine, True)
     g = torch.randn_like(y_op)
     grads_op = torch.autograd.grad(y_op, leaves, g)
 
     def no_custom_op(*args):
         raise AssertionError("eager bam_gate went through the custom op")
 
-    monkeypatch.setattr(bam_fused.ops, "gate_op", no_custom_op)
+    monkeypatch.setattr(bam_fused.ops, "_gate_op", no_custom_op)
     y = bam_gate(x, mc, ms, combine=combine, backend="triton")
     assert torch.equal(y, y_op)
     for a, b in zip(torch.autograd.grad(y, leaves, g), grads_op):
@@ -172,16 +172,15 @@ def test_gradcheck_float64(combine, device):
 def test_opcheck(mode, device):
     x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float32, device=device)
     x.requires_grad_()
-    torch.library.opcheck(gate_op, (x, mc, ms, combine, True))
+    torch.library.opcheck(torch.ops.bam_fused.gate.default, (x, mc, ms, combine, True))
     g = torch.randn_like(x)
-    torch.library.opcheck(gate_backward_op, (g, x.detach(), mc, ms, combine, False))
+    torch.library.opcheck(torch.ops.bam_fused.gate_backward.default, (g, x.detach(), mc, ms, combine, False))
 
 
 def test_compile_fullgraph_forward_and_backward(device):
     torch._dynamo.reset()
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 32, 3, padding=1), bam_fused.FusedBAM(32, 8, backend="triton")
-    ).to(device)
+    bam = bam_fused.FusedBAM(32, 8, backend="triton")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), bam).to(device)
     x = torch.randn(2, 3, 6, 6, device=device)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, fullgraph=True, backend=counter)

@@ -16,9 +16,19 @@ from bam_fused.train import ablation_grid, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--synthetic", "--synthetic-size", "16", "--image-size", "8", "--batch-size", "4",
-    "--steps-per-epoch", "2", "--lr", "0.01", "--no-progress",
-]  # fmt: skip
+    "--synthetic",
+    "--synthetic-size",
+    "16",
+    "--image-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--steps-per-epoch",
+    "2",
+    "--lr",
+    "0.01",
+    "--no-progress",
+]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -116,9 +126,19 @@ def test_torchrun_ddp_smoke(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "examples" / "train_cifar.py"), *TINY, "--epochs", "1", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "examples" / "train_cifar.py"),
+        *TINY,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint.pth.tar", weights_only=False)

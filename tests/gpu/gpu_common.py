@@ -21,8 +21,7 @@ for _p in (ROOT, ROOT / "tests"):
 
 from gate_cases import assert_close, make_inputs, poisoned_like, reference64  # noqa: E402
 
-__all__ = ["DEVICE", "ON_GPU", "ROOT", "assert_close", "make_inputs", "poisoned_like", "record", "reference64",
-           "rel_err"]  # fmt: skip
+__all__ = ["DEVICE", "ON_GPU", "ROOT", "assert_close", "make_inputs", "poisoned_like", "record", "reference64"]
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -44,10 +43,3 @@ def record(check: str, **payload) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
     tmp.replace(path)
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """‖actual − expected‖ / ‖expected‖ in float64 (0 when both are zero)."""
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    denom = e.norm().item()
-    return (a - e).norm().item() / denom if denom else (a - e).norm().item()

@@ -18,13 +18,13 @@ import sys
 import time
 
 import torch
-from bam_fused.kernels import bwd_partial_shapes, launch_gate_bwd
-from gpu_common import DEVICE, assert_close, make_inputs, reference64
 
 from bam_fused import bam_gate
+from bam_fused.kernels import BwdConfig, gate_bwd
+from gpu_common import DEVICE, assert_close, make_inputs, reference64
 
 MODES = (("sum", True), ("sum", False), ("product", True), ("max", True), ("channel", True), ("spatial", True))
-SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "SPLITS": 3, "num_warps": 2}
+SMALL_BWD = BwdConfig(block_c=8, block_hw=16, splits=3, num_warps=2, reduce_block=64)
 
 
 def cases(small: bool):
@@ -52,20 +52,15 @@ def run_case(shape, mode, residual, cl, dtype) -> None:
 
 
 def run_split_backward(shape, cl) -> None:
-    """Stage one of the backward with small tiles and 3 splits of the walked axis (edge tiles, several partials)."""
-    n, c, h, w = shape
+    """The backward with small tiles, 3 splits of the walked axis and a small reduce block (edge
+    tiles, several partials, several reduce programs per map)."""
     x, mc, ms, combine = make_inputs(shape, "max", torch.bfloat16, cl, device=DEVICE)
     g = torch.randn_like(x)
-    gmc_shape, gms_shape = bwd_partial_shapes(x, SMALL_BWD)
-    gx = torch.empty_like(x)
-    gmc_part = torch.empty(gmc_shape, device=DEVICE)
-    gms_part = torch.empty(gms_shape, device=DEVICE)
-    launch_gate_bwd(g, x, mc, ms.reshape(n, h * w), gx, gmc_part, gms_part, combine=combine, residual=True,
-                    config=SMALL_BWD)  # fmt: skip
+    gx, gmc, gms = gate_bwd(g, x, mc, ms, combine=combine, residual=True, config=SMALL_BWD)
     _, (gx64, gmc64, gms64) = reference64(x, mc, ms, combine, True, g)
     assert_close(gx, gx64, f"split backward {shape} gx")
-    assert_close(gmc_part.sum(-1).to(mc.dtype), gmc64, f"split backward {shape} gmc")
-    assert_close(gms_part.sum(1).to(ms.dtype).view(n, h, w), gms64, f"split backward {shape} gms")
+    assert_close(gmc, gmc64, f"split backward {shape} gmc")
+    assert_close(gms, gms64, f"split backward {shape} gms")
 
 
 def main(argv=None) -> int:
@@ -89,8 +84,10 @@ def main(argv=None) -> int:
     except AssertionError as e:
         print(f"sanitizer_driver: MISMATCH after {count} cases: {e}", file=sys.stderr)
         return 1
-    print(f"sanitizer_driver: {count} cases (forward + backward) on {DEVICE}, all match the float64 reference "
-          f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    print(
+        f"sanitizer_driver: {count} cases (forward + backward) on {DEVICE}, all match the float64 reference "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 

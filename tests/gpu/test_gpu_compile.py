@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from gpu_common import DEVICE, ON_GPU, record
 from torch._inductor.utils import run_and_get_code
 
 from bam_fused import FusedBAM
+from gpu_common import DEVICE, ON_GPU, record
 
 pytestmark = pytest.mark.gpu
 

@@ -10,15 +10,16 @@ import warnings
 
 import pytest
 import torch
-from gpu_common import DEVICE, ON_GPU, make_inputs, record
 
 from bam_fused import FusedBAM, bam_gate
+from bam_fused.common import RESNET50_BAM_SHAPES
+from gpu_common import DEVICE, ON_GPU, make_inputs, record
 
 pytestmark = pytest.mark.gpu
 
 RUNS = 20
 CASES = (
-    [((64, 1024, 14, 14), "sum", True), ((64, 256, 56, 56), "sum", False), ((64, 512, 28, 28), "max", True)]
+    list(zip(RESNET50_BAM_SHAPES[::-1], ("sum", "max", "sum"), (True, True, False)))
     if ON_GPU
     else [((2, 24, 7, 7), "sum", True), ((2, 8, 9, 9), "max", False)]
 )
@@ -41,8 +42,12 @@ def test_backward_is_bitwise_reproducible(shape, mode, cl):
     for _ in range(RUNS - 1):
         for name, a, b in zip(mismatches, first, _fwd_bwd(x, mc, ms, combine, g)):
             mismatches[name] += int(not torch.equal(a, b))
-    record(f"determinism/{mode}-{'cl' if cl else 'nchw'}-{'x'.join(map(str, shape))}", runs=RUNS,
-           runs_differing_from_first=mismatches, bitwise_equal=not any(mismatches.values()))  # fmt: skip
+    record(
+        f"determinism/{mode}-{'cl' if cl else 'nchw'}-{'x'.join(map(str, shape))}",
+        runs=RUNS,
+        runs_differing_from_first=mismatches,
+        bitwise_equal=not any(mismatches.values()),
+    )
     assert not any(mismatches.values()), f"runs differing from the first, of {RUNS}: {mismatches}"
 
 

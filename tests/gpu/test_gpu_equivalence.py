@@ -8,75 +8,90 @@ element a kernel fails to write shows up. Cases are picked to compile few kernel
 
 import pytest
 import torch
-from bam_fused.kernels import bwd_config, bwd_partial_shapes, launch_gate_bwd, launch_gate_fwd
-from bam_fused.kernels.layout import multiprocessor_count
-from gpu_common import DEVICE, assert_close, make_inputs, poisoned_like, record, reference64, rel_err
 
 from bam_fused import bam_gate
+from bam_fused.common import relative_error
+from bam_fused.kernels import BwdConfig, FwdConfig, bwd_buffers, bwd_config, bwd_plan, gate_bwd, gate_fwd
+from bam_fused.kernels.layout import multiprocessor_count
+from gpu_common import DEVICE, assert_close, make_inputs, poisoned_like, record, reference64
 
 pytestmark = pytest.mark.gpu
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # Tiles far smaller than the heuristic's, with a 3-way c-split: many masked edge tiles.
-SMALL_FWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "num_warps": 2}
-SMALL_BWD = {"BLOCK_C": 8, "BLOCK_HW": 16, "SPLITS": 3, "num_warps": 2}
+SMALL_FWD = FwdConfig(block_c=8, block_hw=16, num_warps=2)
+SMALL_BWD = BwdConfig(block_c=8, block_hw=16, splits=3, num_warps=2, reduce_block=64)
 
 
 def _case(shape, mode, dtype, cl=False, residual=True, map_dtype=None, ties=False, small=False, stages=1):
-    name = (f"{mode}-{'res' if residual else 'nores'}-{str(dtype)[6:]}-{'cl' if cl else 'nchw'}-"
-            f"{'x'.join(map(str, shape))}" + ("-mapf32" if map_dtype else "") + ("-ties" if ties else "")
-            + ("-smalltiles" if small else "") + (f"-stages{stages}" if stages > 1 else ""))  # fmt: skip
+    name = (
+        f"{mode}-{'res' if residual else 'nores'}-{str(dtype)[6:]}-{'cl' if cl else 'nchw'}-"
+        f"{'x'.join(map(str, shape))}"
+        + ("-mapf32" if map_dtype else "")
+        + ("-ties" if ties else "")
+        + ("-smalltiles" if small else "")
+        + (f"-stages{stages}" if stages > 1 else "")
+    )
     return pytest.param(shape, mode, dtype, cl, residual, map_dtype, ties, small, stages, id=name)
 
 
 CASES = (
-    [_case((2, 24, 5, 13), m, F32, residual=r) for m in ("sum", "product", "max", "channel", "spatial")
-     for r in (True, False)]
-    + [_case(s, "product", d, cl) for d in (F32, F16, BF16) for cl in (False, True)
-       for s in ((2, 16, 7, 7), (3, 1, 5, 13), (2, 32, 1, 1))]
-    + [_case((2, 64, 56, 56), "max", BF16, cl=True, ties=True),
-       _case((2, 48, 14, 14), "sum", BF16, cl=True, map_dtype=F32),
-       _case((2, 24, 7, 7), "channel", BF16, cl=True), _case((2, 24, 7, 7), "spatial", BF16, cl=True),
-       _case((2, 40, 9, 11), "sum", F32, small=True), _case((2, 40, 9, 11), "sum", BF16, cl=True, small=True)]
+    [
+        _case((2, 24, 5, 13), m, F32, residual=r)
+        for m in ("sum", "product", "max", "channel", "spatial")
+        for r in (True, False)
+    ]
+    + [
+        _case(s, "product", d, cl)
+        for d in (F32, F16, BF16)
+        for cl in (False, True)
+        for s in ((2, 16, 7, 7), (3, 1, 5, 13), (2, 32, 1, 1))
+    ]
+    + [
+        _case((2, 64, 56, 56), "max", BF16, cl=True, ties=True),
+        _case((2, 48, 14, 14), "sum", BF16, cl=True, map_dtype=F32),
+        _case((2, 24, 7, 7), "channel", BF16, cl=True),
+        _case((2, 24, 7, 7), "spatial", BF16, cl=True),
+        _case((2, 40, 9, 11), "sum", F32, small=True),
+        _case((2, 40, 9, 11), "sum", BF16, cl=True, small=True),
+    ]
     # The backward's walk prefetched through shared memory (cp.async), a tuning candidate.
     + [_case((2, 40, 9, 11), "product", BF16, cl, small=True, stages=3) for cl in (False, True)]
     + [_case((2, 64, 28, 28), "product", BF16, cl, stages=3) for cl in (False, True)]
-)  # fmt: skip
+)
 
 
 @pytest.mark.parametrize("shape,mode,dtype,cl,residual,map_dtype,ties,small,stages", CASES)
 def test_kernels_match_float64_reference(request, shape, mode, dtype, cl, residual, map_dtype, ties, small, stages):
-    n, c, h, w = shape
     x, mc, ms, combine = make_inputs(shape, mode, dtype, cl, map_dtype, device=DEVICE)
     if ties:  # integers: mc == ms at many (c, hw), where max splits the gradient in half
         mc, ms = mc.round(), ms.round()
     g = torch.randn_like(x)
-    ms_flat = ms.reshape(n, h * w) if ms is not None else None
     y64, (gx64, gmc64, gms64) = reference64(x, mc, ms, combine, residual, g)
 
-    y = poisoned_like(x)
-    launch_gate_fwd(x, mc, ms_flat, y, combine=combine, residual=residual, config=SMALL_FWD if small else None)
+    y = gate_fwd(
+        x, mc, ms, combine=combine, residual=residual, config=SMALL_FWD if small else None, out=poisoned_like(x)
+    )
 
+    n, c, h, w = shape
     cfg = SMALL_BWD if small else bwd_config(n, c, h * w, cl, x.element_size(), multiprocessor_count(DEVICE))
-    cfg = {**cfg, "NUM_STAGES": stages}
-    gmc_shape, gms_shape = bwd_partial_shapes(x, cfg)
-    gx = poisoned_like(x)
-    nan = float("nan")
-    gmc_part = torch.full(gmc_shape if mc is not None else (0,), nan, device=DEVICE)
-    gms_part = torch.full(gms_shape if ms is not None else (0,), nan, device=DEVICE)
-    launch_gate_bwd(g, x, mc, ms_flat, gx, gmc_part, gms_part, combine=combine, residual=residual, config=cfg)
+    cfg = cfg._replace(num_stages=stages)
+    out = bwd_buffers(x, mc, ms, bwd_plan(x, cfg), fill=float("nan"))
+    gx, gmc, gms = gate_bwd(g, x, mc, ms, combine=combine, residual=residual, config=cfg, out=out)
 
-    errs = {"y": rel_err(y, y64), "gx": rel_err(gx, gx64)}
-    unwritten = {"gmc_part": int(gmc_part.isnan().sum()), "gms_part": int(gms_part.isnan().sum())}
-    gmc = gms = None
-    if mc is not None:
-        gmc = gmc_part.sum(-1).to(mc.dtype)
-        errs["gmc"] = rel_err(gmc, gmc64)
-    if ms is not None:
-        gms = gms_part.sum(1).to(ms.dtype).view(n, h, w)
-        errs["gms"] = rel_err(gms, gms64)
-    record(f"equivalence/{request.node.callspec.id}", rel_err=errs, unwritten_partials=unwritten,
-           config={"bwd": cfg})  # fmt: skip
+    errs = {"y": relative_error(y, y64), "gx": relative_error(gx, gx64)}
+    parts = {"gmc_part": out.gmc_part, "gms_part": out.gms_part}
+    unwritten = {k: int(v.isnan().sum()) if v is not None else 0 for k, v in parts.items()}
+    if gmc is not None:
+        errs["gmc"] = relative_error(gmc, gmc64)
+    if gms is not None:
+        errs["gms"] = relative_error(gms, gms64)
+    record(
+        f"equivalence/{request.node.callspec.id}",
+        rel_err=errs,
+        unwritten_partials=unwritten,
+        config={"bwd": cfg._asdict()},
+    )
 
     assert unwritten == {"gmc_part": 0, "gms_part": 0}, f"partial sums left unwritten: {unwritten}"
     assert_close(y, y64, "y")

@@ -7,10 +7,10 @@ slices checked include the last channel and the last row, where an overflow land
 
 import pytest
 import torch
-from bam_fused.kernels import launch_gate_fwd
-from gpu_common import DEVICE, ON_GPU, assert_close, poisoned_like, record, reference64
 
 from bam_fused import bam_gate
+from bam_fused.kernels import gate_fwd
+from gpu_common import DEVICE, ON_GPU, assert_close, poisoned_like, record, reference64
 
 pytestmark = pytest.mark.gpu
 
@@ -31,8 +31,7 @@ def test_bf16_gate_past_int32_offsets(cl):
     mc = torch.randn(n, c, device=DEVICE, dtype=torch.bfloat16)
     ms = torch.randn(n, h, w, device=DEVICE, dtype=torch.bfloat16)
 
-    y = poisoned_like(x)
-    launch_gate_fwd(x, mc, ms.view(n, h * w), y, combine="sum", residual=True)
+    y = gate_fwd(x, mc, ms, combine="sum", residual=True, out=poisoned_like(x))
     unwritten = int(y.isnan().sum())
     del y
 
@@ -51,11 +50,18 @@ def test_bf16_gate_past_int32_offsets(cl):
                 worst[name] = max(worst.get(name, 0.0), (got.double().cpu() - want).abs().max().item())
         for row in (0, h - 1):  # whole rows across all channels: gms[i, row, :] (sum over C)
             xs = x[i : i + 1, :, row : row + 1]
-            _, (_, _, gms64) = reference64(xs, mc[i : i + 1], ms[i : i + 1, row : row + 1], "sum", True,
-                                           g[i : i + 1, :, row : row + 1])  # fmt: skip
+            _, (_, _, gms64) = reference64(
+                xs, mc[i : i + 1], ms[i : i + 1, row : row + 1], "sum", True, g[i : i + 1, :, row : row + 1]
+            )
             assert_close(gms[i : i + 1, row : row + 1], gms64, f"gms[{i}, {row}]")
-            worst["gms"] = max(worst.get("gms", 0.0), (gms[i : i + 1, row : row + 1].double().cpu() - gms64)
-                               .abs().max().item())  # fmt: skip
-    record(f"huge/{'channels_last' if cl else 'nchw'}", shape=list(SHAPE), numel=x.numel(),
-           unwritten_forward_elements=unwritten, max_abs_err=worst)  # fmt: skip
+            worst["gms"] = max(
+                worst.get("gms", 0.0), (gms[i : i + 1, row : row + 1].double().cpu() - gms64).abs().max().item()
+            )
+    record(
+        f"huge/{'channels_last' if cl else 'nchw'}",
+        shape=list(SHAPE),
+        numel=x.numel(),
+        unwritten_forward_elements=unwritten,
+        max_abs_err=worst,
+    )
     assert unwritten == 0, f"{unwritten} forward outputs left unwritten"

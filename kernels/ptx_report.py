@@ -1,12 +1,12 @@
 """Compile the gate kernels ahead of time for a GPU target, without a GPU, and report on them.
 
-    python -m bam_fused.kernels.inspect --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
-                                        [--bwd-stages N]
+    python -m bam_fused.kernels.ptx_report --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
+                                           [--bwd-stages N]
 
 For every kernel at representative specialisations (each combine mode, channel-only and
 spatial-only, the block shapes the launch heuristics pick for a ResNet-50 BAM map; the
 backward's reduction once), it prints whether the global loads and stores are 128-bit (the
-reduction's strided partial loads are not meant to be), the registers, spills and shared
+reduction's need not be: it moves a few % of the bytes), the registers, spills and shared
 memory, and writes the PTX to DIR. Specialisation follows a real launch: pointers and sizes
 divisible by 16 are marked so, strides equal to 1 become constants — without that nothing
 vectorises. Runs with TRITON_INTERPRET unset (the interpreter has no compiler).
@@ -21,8 +21,8 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 
-# Triton's short dtype names (pointer signatures) and torch's (the meta tensor the plans see).
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
+from ..common import DTYPES, RESNET50_BAM_SHAPES, interpreter_requested
+
 # (name, combine, has_mc, has_ms)
 MODES = [
     ("sum", "sum", True, True),
@@ -31,8 +31,10 @@ MODES = [
     ("channel-only", "sum", True, False),
     ("spatial-only", "sum", False, True),
 ]
-# A ResNet-50 BAM map (bam1: 256 channels at 56×56): every size is a multiple of 16.
-N, C, HW = 64, 256, 56 * 56
+# bam1's map in a ResNet-50: every size is a multiple of 16.
+N, C, H, W = RESNET50_BAM_SHAPES[0]
+# The H100/H200's SM count, for the backward's split.
+NUM_SMS = 132
 
 _WIDE_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z0-9_]+)*\.(v4\.(?:b32|f32|u32)|v2\.(?:b64|f64|u64))\b")
 _ANY_ACCESS = re.compile(r"\b(ld|st)\.global\b")
@@ -99,8 +101,14 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
         with open(src, "w") as f:
             f.write(ptx)
         proc = subprocess.run(
-            [get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}", src,
-             "-o", os.path.join(tmp, "k.cubin")],  # fmt: skip
+            [
+                get_ptxas(arch).path,
+                "-v",
+                f"--gpu-name={sm_arch_from_capability(arch)}",
+                src,
+                "-o",
+                os.path.join(tmp, "k.cubin"),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -117,54 +125,76 @@ def _count(ptx: str, kind: str) -> tuple[int, int]:
     return wide, total
 
 
-def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | None = None,
-                    bwd_stages: int | None = None) -> list[KernelReport]:  # fmt: skip
+def compile_kernels(
+    arch: int, dtype: str, channels_last: bool, ptx_dir: str | None = None, bwd_stages: int | None = None
+) -> list[KernelReport]:
     """Compile forward and backward in every mode for ``arch`` (e.g. 90) and report on each;
-    ``bwd_stages`` overrides the backward's NUM_STAGES (its walk prefetched through cp.async)."""
+    ``bwd_stages`` overrides the backward's num_stages (its walk prefetched through cp.async)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from ..common import compute_dtype
     from .gate_bwd import bwd_config, bwd_plan, gate_bwd_kernel, gate_bwd_reduce_kernel
-    from .gate_fwd import fwd_config, fwd_plan, gate_fwd_kernel
+    from .gate_fwd import fwd_plan, gate_fwd_kernel
     from .gate_math import COMBINE_CODES
 
-    compute = "fp64" if dtype == "fp64" else "fp32"
+    torch_dtype = DTYPES[dtype]
+    compute = next(k for k, v in DTYPES.items() if v == compute_dtype(torch_dtype))
     layout = "channels_last" if channels_last else "nchw"
     target = GPUTarget("cuda", arch, 32)
-    torch_dtype = getattr(torch, DTYPES[dtype])
-    shaped = torch.empty((N, C, HW, 1), device="meta", dtype=torch_dtype)
-    x = shaped.to(memory_format=torch.channels_last) if channels_last else shaped
-    fcfg = fwd_config(C, HW, channels_last, torch_dtype.itemsize)
-    bcfg = bwd_config(N, C, HW, channels_last, torch_dtype.itemsize, num_sms=132)
+    x = torch.empty((N, C, H, W), device="meta", dtype=torch_dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    bcfg = bwd_config(N, C, H * W, channels_last, torch_dtype.itemsize, NUM_SMS)
     if bwd_stages is not None:
-        bcfg["NUM_STAGES"] = bwd_stages
+        bcfg = bcfg._replace(num_stages=bwd_stages)
     # The launchers' own plans: the scalar arguments and block constexprs a real launch passes.
-    fplan, bplan = fwd_plan(x, fcfg), bwd_plan(x, bcfg)
+    fplan, bplan = fwd_plan(x), bwd_plan(x, bcfg)
     fwd_ptrs = {"x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "y_ptr": dtype}
-    bwd_ptrs = {"g_ptr": dtype, "x_ptr": dtype, "mw_ptr": dtype, "mf_ptr": dtype, "gx_ptr": dtype,
-                "gw_part_ptr": compute, "gf_part_ptr": compute}  # fmt: skip
+    bwd_ptrs = {
+        "g_ptr": dtype,
+        "x_ptr": dtype,
+        "mw_ptr": dtype,
+        "mf_ptr": dtype,
+        "gx_ptr": dtype,
+        "gw_part_ptr": compute,
+        "gf_part_ptr": compute,
+    }
+    reduce_ptrs = {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype}
     reports = []
     for mode, combine, has_mc, has_ms in MODES:
-        has_mw, has_mf = (has_mc, has_ms) if bplan.walk_c else (has_ms, has_mc)
+        has_mw, has_mf = (has_mc, has_ms) if bplan.walk_is_c else (has_ms, has_mc)
         common = {"COMBINE": COMBINE_CODES[combine], "RESIDUAL": True}
         jobs = [
-            ("gate_fwd_kernel", gate_fwd_kernel, fplan.meta, fplan.args, fwd_ptrs,
-             {**common, "HAS_MC": has_mc, "HAS_MS": has_ms}),
-            ("gate_bwd_kernel", gate_bwd_kernel, bplan.meta, bplan.args, bwd_ptrs,
-             {**common, "HAS_MW": has_mw, "HAS_MF": has_mf}),
-        ]  # fmt: skip
-        if mode == "sum":  # stage two of the backward does not depend on the mode
-            gmc_p, gms_p = bplan.gmc_part_shape[-1], bplan.gms_part_shape[1]
-            jobs.append((
-                "gate_bwd_reduce_kernel", gate_bwd_reduce_kernel, {"BLOCK": 1024, "num_warps": 4},
-                (N * C, gmc_p, N * C // 1024, N * HW, gms_p, HW),
-                {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype},
+            (
+                "gate_fwd_kernel",
+                gate_fwd_kernel,
+                fplan.meta,
+                fplan.args,
+                fwd_ptrs,
                 {"HAS_MC": has_mc, "HAS_MS": has_ms},
-            ))  # fmt: skip
+            ),
+            (
+                "gate_bwd_kernel",
+                gate_bwd_kernel,
+                bplan.meta,
+                bplan.args,
+                bwd_ptrs,
+                {"HAS_MW": has_mw, "HAS_MF": has_mf},
+            ),
+        ]
+        if mode == "sum":  # stage two of the backward does not depend on the mode
+            reduce_args = (*bplan.reduce_args, bplan.reduce_programs[0])
+            flags = {"HAS_MC": has_mc, "HAS_MS": has_ms}
+            jobs.append(
+                ("gate_bwd_reduce_kernel", gate_bwd_reduce_kernel, bplan.reduce_meta, reduce_args, reduce_ptrs, flags)
+            )
         for name, fn, meta, scalars, ptrs, flags in jobs:
             constexprs = {k: v for k, v in meta.items() if k != "num_warps"} | flags
+            if name != "gate_bwd_reduce_kernel":
+                constexprs |= common
             scalar_names = [a for a in fn.arg_names if a not in ptrs and a not in constexprs]
             args = dict(zip(scalar_names, scalars, strict=True))
             signature, consts, attrs = _specialise(fn, args, constexprs, ptrs)
@@ -178,12 +208,23 @@ def compile_kernels(arch: int, dtype: str, channels_last: bool, ptx_dir: str | N
             loads_128, loads = _count(ptx, "ld")
             stores_128, stores = _count(ptx, "st")
             regs, spills = _ptxas_report(ptx, arch)
-            reports.append(KernelReport(
-                name, mode, dtype, layout,
-                _block_label(meta),
-                loads_128, loads, stores_128, stores, regs, spills, compiled.metadata.shared,
-                len(_ASYNC_COPY_128.findall(ptx)),
-            ))  # fmt: skip
+            reports.append(
+                KernelReport(
+                    name,
+                    mode,
+                    dtype,
+                    layout,
+                    _block_label(meta),
+                    loads_128,
+                    loads,
+                    stores_128,
+                    stores,
+                    regs,
+                    spills,
+                    compiled.metadata.shared,
+                    len(_ASYNC_COPY_128.findall(ptx)),
+                )
+            )
     return reports
 
 
@@ -194,22 +235,26 @@ def main(argv=None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--ptx", metavar="DIR", help="write each kernel's PTX here")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
-    parser.add_argument("--bwd-stages", type=int, help="the backward's NUM_STAGES (default: the heuristic's)")
+    parser.add_argument("--bwd-stages", type=int, help="the backward's num_stages (default: the heuristic's)")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreter_requested():
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
     arch = int(args.arch.removeprefix("sm_"))
     reports = compile_kernels(arch, args.dtype, args.channels_last, args.ptx, args.bwd_stages)
     if args.json:
         print(json.dumps([asdict(r) | {"wide": r.wide} for r in reports], indent=1))
         return 0
-    print(f"{'kernel':<23} {'mode':<13} {'dtype':<5} {'layout':<13} {'block':<14} "
-          f"{'ld128/ld':>8} {'st128/st':>8} {'cp.async':>8} {'regs':>5} {'spill':>5} {'smem':>6}  128-bit")  # fmt: skip
+    print(
+        f"{'kernel':<23} {'mode':<13} {'dtype':<5} {'layout':<13} {'block':<14} "
+        f"{'ld128/ld':>8} {'st128/st':>8} {'cp.async':>8} {'regs':>5} {'spill':>5} {'smem':>6}  128-bit"
+    )
     for r in reports:
-        print(f"{r.kernel:<23} {r.mode:<13} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
-              f"{r.loads_128:>3}/{r.loads_total:<4} {r.stores_128:>3}/{r.stores_total:<4} {r.async_copies_128:>8} "
-              f"{r.registers:>5} "
-              f"{r.spill_bytes:>5} {r.shared_bytes:>6}  {'yes' if r.wide else 'NO'}")  # fmt: skip
+        print(
+            f"{r.kernel:<23} {r.mode:<13} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
+            f"{r.loads_128:>3}/{r.loads_total:<4} {r.stores_128:>3}/{r.stores_total:<4} {r.async_copies_128:>8} "
+            f"{r.registers:>5} "
+            f"{r.spill_bytes:>5} {r.shared_bytes:>6}  {'yes' if r.wide else 'NO'}"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Ahead-of-time compilation for sm_80 and sm_90 without a GPU: every kernel lowers to PTX and a
 cubin, without spills, and the forward kernels' global accesses are 128-bit in every dtype and
-both layouts (what vectorised memory traffic needs); the backward's NUM_STAGES knob really
+both layouts (what vectorised memory traffic needs); the backward's num_stages knob really
 routes its walk through cp.async."""
 
 import json
@@ -13,7 +13,7 @@ import pytest
 SCRIPT = """
 import json, sys
 from dataclasses import asdict
-from bam_fused.kernels.inspect import compile_kernels
+from bam_fused.kernels.ptx_report import compile_kernels
 out = []
 for arch in (80, 90):
     for dtype in ("fp16", "bf16", "fp32", "fp64"):
@@ -75,10 +75,23 @@ def test_pipelined_backward_prefetches_g_and_x_by_16_byte_cp_async(reports):
 def test_cli_writes_ptx(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, "-m", "bam_fused.kernels.inspect", "--arch", "sm_90", "--dtype", "bf16",
-         "--channels-last", "--ptx", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bam_fused.kernels.ptx_report",
+            "--arch",
+            "sm_90",
+            "--dtype",
+            "bf16",
+            "--channels-last",
+            "--ptx",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NO" not in proc.stdout.split()
     ptx = sorted(p.name for p in tmp_path.iterdir())
