@@ -19,6 +19,15 @@ VARIANTS = ("paper", "official")
 VARIANT_COMBINE = {"paper": "sum", "official": "product"}  # the combine of a module built with combine=None
 BRANCHES = ("both", "channel", "spatial")
 BACKENDS = ("auto", "triton", "reference")
+# The gate's modes: name -> (combine, has mc, has ms); "channel" / "spatial" are the one-branch gates.
+GATE_MODES = {
+    "sum": ("sum", True, True),
+    "product": ("product", True, True),
+    "max": ("max", True, True),
+    "channel": ("sum", True, False),
+    "spatial": ("sum", False, True),
+}
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 # (N, C, H, W) of the BAM inputs in a ResNet-50 (after layer1..3, batch 64 at 224²) and in a
 # CIFAR ResNet-18 (batch 128 at 32²): the shapes every measurement and report is made at.

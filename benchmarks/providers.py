@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from bam_fused import BAM, FusedBAM, bam_gate, reference
-from bam_fused.common import DTYPES
+from bam_fused.common import DTYPES, LAYOUTS
 from bam_fused.models import resnet_bam
 
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # The combine each gate provider computes, so each can be checked against the reference.
 GATE_COMBINE = {"eager": "product", "eager_paper": "sum", "fused": "product", "compiled": "product"}
 

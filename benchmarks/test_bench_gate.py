@@ -7,10 +7,11 @@ before it is timed, so a wrong implementation cannot post a fast number.
 
 import torch
 
+from bam_fused.common import DTYPES
+
 from . import cases
 from .bandwidth import gate_bytes_min
 from .providers import (
-    DTYPES,
     GATE_COMBINE,
     gate_inputs,
     gate_provider,

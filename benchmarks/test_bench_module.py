@@ -5,8 +5,10 @@ bf16/fp16 cases run under autocast with fp32 weights, as a mixed-precision train
 
 import torch
 
+from bam_fused.common import DTYPES, LAYOUTS
+
 from . import cases
-from .providers import DTYPES, LAYOUTS, autocast_for, bam_module, rotating
+from .providers import autocast_for, bam_module, rotating
 from .timing import measure, peak_memory
 
 

@@ -21,16 +21,8 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 
-from ..common import DTYPES, RESNET50_BAM_SHAPES, interpreter_requested
+from ..common import DTYPES, GATE_MODES, RESNET50_BAM_SHAPES, interpreter_requested
 
-# (name, combine, has_mc, has_ms)
-MODES = [
-    ("sum", "sum", True, True),
-    ("product", "product", True, True),
-    ("max", "max", True, True),
-    ("channel-only", "sum", True, False),
-    ("spatial-only", "sum", False, True),
-]
 # bam1's map in a ResNet-50: every size is a multiple of 16.
 N, C, H, W = RESNET50_BAM_SHAPES[0]
 # The H100/H200's SM count, for the backward's split.
@@ -164,7 +156,7 @@ def compile_kernels(
     }
     reduce_ptrs = {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype}
     reports = []
-    for mode, combine, has_mc, has_ms in MODES:
+    for mode, (combine, has_mc, has_ms) in GATE_MODES.items():
         has_mw, has_mf = (has_mc, has_ms) if bplan.walk_is_c else (has_ms, has_mc)
         common = {"COMBINE": COMBINE_CODES[combine], "RESIDUAL": True}
         jobs = [

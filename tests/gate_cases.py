@@ -7,15 +7,8 @@ so the only error allowed is the kernel's float32 math and the rounding of its o
 import torch
 
 from bam_fused import reference
+from bam_fused.common import GATE_MODES as MODES
 
-# mode name → (combine, has_mc, has_ms)
-MODES = {
-    "sum": ("sum", True, True),
-    "product": ("product", True, True),
-    "max": ("max", True, True),
-    "channel": ("sum", True, False),
-    "spatial": ("sum", False, True),
-}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Per output dtype: the float32 math plus one rounding of the output; bf16 allows two ulps
 # because the interpreter truncates fp32→bf16 where a GPU rounds to nearest.

@@ -26,7 +26,7 @@ from bam_fused.kernels import (
 from bam_fused.kernels.gate_bwd import PROGRAMS_PER_SM
 from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
 
-LAYOUTS = {"nchw": False, "channels_last": True}
+LAYOUTS = {"nchw": False, "channels_last": True}  # make_inputs' channels_last flag
 # Ragged on purpose: C and HW are not multiples of the blocks below.
 SHAPE = (2, 11, 5, 7)
 SMALL_FWD = FwdConfig(block_c=4, block_hw=16)
