@@ -127,12 +127,15 @@ class BAM(nn.Module):
             f"combine={self.combine!r}, branches={self.branches!r}"
         )
 
-    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(mc (N, C), ms (N, 1, H, W)) for input x (N, C, H, W); None for an absent branch."""
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.gate_channel:
             raise ValueError(
                 f"BAM({self.gate_channel}) expects input of shape (N, {self.gate_channel}, H, W), got {tuple(x.shape)}"
             )
+
+    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(mc (N, C), ms (N, 1, H, W)) for input x (N, C, H, W); None for an absent branch."""
+        self._check_input(x)
         mc = self.channel_att(x) if self.channel_att is not None else None
         ms = self.spatial_att(x) if self.spatial_att is not None else None
         return mc, ms
@@ -145,7 +148,15 @@ class BAM(nn.Module):
 
 
 class FusedBAM(BAM):
-    """``BAM`` with the gate fused into Triton kernels; same arguments, submodules and state_dict.
+    """``BAM`` fused into Triton kernels; same arguments, submodules and state_dict.
+
+    On CUDA (and on CPU under TRITON_INTERPRET=1) the whole module runs as one autograd node:
+    one read of x gives the channel branch's pooled means and the spatial branch's 1×1 reduce,
+    the channel MLP runs in one kernel each way, the gate in one, and the backward writes x's
+    gradient once (:mod:`bam_fused.fused_bam`). Where that path cannot reproduce the eager
+    module exactly (hooks on a submodule, SyncBatchNorm, torch.compile, …;
+    :func:`bam_fused.fused_bam.fused_path_blocker` says which) the branches run as nn.Modules
+    and only the gate is fused.
 
     ``backend``: "auto" (Triton on CUDA, and on CPU under TRITON_INTERPRET=1), "triton" or
     "reference" (see :func:`bam_fused.bam_gate`).
@@ -159,6 +170,14 @@ class FusedBAM(BAM):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.gate_backend!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .fused_bam import fused_bam, fused_path_blocker
+
+        self._check_input(x)
+        if fused_path_blocker(self, x) is None:
+            return fused_bam(self, x)
+        return super().forward(x)
 
 
 def _released_config(module: nn.Module) -> dict | None:

@@ -21,6 +21,7 @@ fast) maps for NCHW and as (fast, walked) for channels_last.
 """
 
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -33,6 +34,7 @@ from .layout import (
     NUM_WARPS,
     as_kernel_layout,
     dense,
+    hw_strides,
     layout_of,
     like_layout,
     multiprocessor_count,
@@ -52,18 +54,22 @@ REDUCE_BLOCK = 1024
 
 @triton.jit
 def gate_bwd_kernel(
-    g_ptr,  # (N, walk, fast) by the strides below
-    x_ptr,  # like g
+    g_ptr,  # (N, walk, fast) by its own strides (an expanded g is read as it is)
+    x_ptr,  # (N, walk, fast) by the strides below
     mw_ptr,  # the map along the walked axis, (N, walk) contiguous; unused without HAS_MW
     mf_ptr,  # the map along the fast axis, (N, fast) contiguous; unused without HAS_MF
-    gx_ptr,  # like g
-    gw_part_ptr,  # (N, fast_blocks, walk) in COMPUTE
-    gf_part_ptr,  # (N, walk_splits, fast) in COMPUTE
+    gx_ptr,  # like x; unused without STORE_GX
+    part_ptr,  # COMPUTE: gw_part (N, fast_blocks, walk) and gf_part (N, walk_splits, fast) at their offsets
     walk_size,
     fast_size,
-    stride_n,  # g's, x's and gx's strides over (n, walk, fast)
+    stride_n,  # x's and gx's strides over (n, walk, fast)
     stride_w,
     stride_f,
+    g_stride_n,  # g's
+    g_stride_w,
+    g_stride_f,
+    gw_part_offset,  # elements of part_ptr before gw_part
+    gf_part_offset,  # and before gf_part
     fast_blocks,  # programs along the fast axis per sample
     walk_splits,  # programs along the walked axis per sample
     per_split,  # elements of the walked axis per split (whole chunks)
@@ -71,6 +77,7 @@ def gate_bwd_kernel(
     HAS_MW: tl.constexpr,
     HAS_MF: tl.constexpr,
     RESIDUAL: tl.constexpr,  # gx = g · (1 + s), else g · s
+    STORE_GX: tl.constexpr,  # write gx (the fused module writes its own gx later)
     BLOCK_W: tl.constexpr,  # chunk of the walked axis
     BLOCK_F: tl.constexpr,  # block of the fast axis
     INT64: tl.constexpr,  # 64-bit offsets
@@ -106,14 +113,16 @@ def gate_bwd_kernel(
             mw = tl.load(mw_ptr + n * walk_size + w, mask=w_mask, other=0.0).to(COMPUTE)
         mask = w_mask[:, None] & f_mask[None, :]
         offs = n * stride_n + w[:, None] * stride_w + f[None, :] * stride_f
+        g_offs = n * g_stride_n + w[:, None] * g_stride_w + f[None, :] * g_stride_f
         s = gate_sigmoid(gate_preactivation(mw[:, None], mf[None, :], COMBINE, HAS_MW, HAS_MF))
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(COMPUTE)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-        if RESIDUAL:
-            gx = g * (1.0 + s)
-        else:
-            gx = g * s
-        tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        if STORE_GX:
+            if RESIDUAL:
+                gx = g * (1.0 + s)
+            else:
+                gx = g * s
+            tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
         # Masked lanes must add exactly 0: an inf in the other map would make 0 · inf = NaN there.
         t = tl.where(mask, g * x * s * (1.0 - s), 0.0)
         if HAS_MW and HAS_MF:
@@ -123,12 +132,13 @@ def gate_bwd_kernel(
             t_f = t
         if HAS_MW:  # summed along f inside a warp: the fast block is at most a warp wide
             gw = tl.sum(t_w, axis=1)
-            tl.store(gw_part_ptr + (n * fast_blocks + pid_b) * walk_size + w, gw, mask=w_mask)
+            gw_offs = gw_part_offset + (n * fast_blocks + pid_b) * walk_size + w
+            tl.store(part_ptr + gw_offs, gw, mask=w_mask)
         if HAS_MF:  # summed along w once, after the walk: no barrier inside the loop
             gf_acc += t_f
     if HAS_MF:
         gf = tl.sum(gf_acc, axis=0)
-        tl.store(gf_part_ptr + (n * walk_splits + pid_s) * fast_size + f, gf, mask=f_mask)
+        tl.store(part_ptr + gf_part_offset + (n * walk_splits + pid_s) * fast_size + f, gf, mask=f_mask)
 
 
 @triton.jit
@@ -146,10 +156,11 @@ def _sum_parts(part_ptr, out_ptr, start, numel, P, L, BLOCK: tl.constexpr):
 
 @triton.jit
 def gate_bwd_reduce_kernel(
-    gmc_part_ptr,  # (N, P_c, C) in the compute dtype
+    part_ptr,  # COMPUTE: gmc_part (N, P_c, C) and gms_part (N, P_hw, HW) at their offsets
     gmc_ptr,  # (N, C) in mc's dtype
-    gms_part_ptr,  # (N, P_hw, HW)
     gms_ptr,  # (N, HW) in ms's dtype
+    gmc_part_offset,  # elements of part_ptr before gmc_part
+    gms_part_offset,  # and before gms_part
     C,
     HW,
     P_c,
@@ -165,9 +176,9 @@ def gate_bwd_reduce_kernel(
     order, and cast to the maps' dtypes."""
     pid = tl.program_id(0)
     if HAS_MC and pid < gmc_programs:
-        _sum_parts(gmc_part_ptr, gmc_ptr, pid * BLOCK, gmc_numel, P_c, C, BLOCK)
+        _sum_parts(part_ptr + gmc_part_offset, gmc_ptr, pid * BLOCK, gmc_numel, P_c, C, BLOCK)
     elif HAS_MS:
-        _sum_parts(gms_part_ptr, gms_ptr, (pid - gmc_programs) * BLOCK, gms_numel, P_hw, HW, BLOCK)
+        _sum_parts(part_ptr + gms_part_offset, gms_ptr, (pid - gmc_programs) * BLOCK, gms_numel, P_hw, HW, BLOCK)
 
 
 class BwdConfig(NamedTuple):
@@ -204,7 +215,7 @@ def bwd_config(
 
 class BwdPlan(NamedTuple):
     """Everything the two backward launches derive from x's shape, layout, dtype and device and
-    the config."""
+    the config. Both maps' partials share one buffer: gmc_part first, then gms_part."""
 
     walk_is_c: bool  # NCHW: hw blocks walk the channels; channels_last: c blocks walk positions
     fast_blocks: int
@@ -212,11 +223,22 @@ class BwdPlan(NamedTuple):
     gmc_part_shape: tuple  # (N, P_c, C)
     gms_part_shape: tuple  # (N, P_hw, HW)
     grid: tuple
-    args: tuple  # gate_bwd_kernel's scalar arguments, in order after the pointers
+    args: tuple  # gate_bwd_kernel's scalar arguments before g's strides
+    args_after_g: tuple  # and after them
     meta: dict  # its constexprs and num_warps
     reduce_programs: tuple  # programs of the reduction for gmc and for gms
     reduce_args: tuple  # gate_bwd_reduce_kernel's scalar arguments but gmc_programs, after the pointers
     reduce_meta: dict  # its block and num_warps
+
+    @property
+    def parts_numel(self) -> int:
+        """Elements of the partials' buffer (both maps')."""
+        return math.prod(self.gmc_part_shape) + math.prod(self.gms_part_shape)
+
+    def part_views(self, parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gmc_part, gms_part) as views of the partials' buffer ``parts``."""
+        gmc_numel = math.prod(self.gmc_part_shape)
+        return parts[:gmc_numel].view(self.gmc_part_shape), parts[gmc_numel:].view(self.gms_part_shape)
 
 
 def bwd_plan(x: torch.Tensor, config: BwdConfig | None = None, force_int64: bool = False) -> BwdPlan:
@@ -238,6 +260,8 @@ def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
     per_split = max(1, cdiv(walk, block_w) // max(1, cfg.splits)) * block_w
     fast_blocks, walk_splits = cdiv(fast, block_f), cdiv(walk, per_split)
     P_c, P_hw = (fast_blocks, walk_splits) if walk_is_c else (walk_splits, fast_blocks)
+    gmc_part_offset, gms_part_offset = 0, N * P_c * C
+    gw_offset, gf_offset = (gmc_part_offset, gms_part_offset) if walk_is_c else (gms_part_offset, gmc_part_offset)
     return BwdPlan(
         walk_is_c,
         fast_blocks,
@@ -245,7 +269,8 @@ def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
         gmc_part_shape=(N, P_c, C),
         gms_part_shape=(N, P_hw, HW),
         grid=(N * fast_blocks * walk_splits,),
-        args=(walk, fast, lay.stride_n, stride_w, stride_f, fast_blocks, walk_splits, per_split),
+        args=(walk, fast, lay.stride_n, stride_w, stride_f),
+        args_after_g=(gw_offset, gf_offset, fast_blocks, walk_splits, per_split),
         meta={
             "BLOCK_W": block_w,
             "BLOCK_F": block_f,
@@ -255,7 +280,7 @@ def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
             "num_warps": cfg.num_warps,
         },
         reduce_programs=(cdiv(N * C, cfg.reduce_block), cdiv(N * HW, cfg.reduce_block)),
-        reduce_args=(C, HW, P_c, P_hw, N * C, N * HW),
+        reduce_args=(gmc_part_offset, gms_part_offset, C, HW, P_c, P_hw, N * C, N * HW),
         reduce_meta={"BLOCK": cfg.reduce_block, "num_warps": cfg.num_warps},
     )
 
@@ -266,25 +291,79 @@ class BwdBuffers(NamedTuple):
     gx: torch.Tensor  # like x
     gmc: torch.Tensor | None  # mc's shape and dtype
     gms: torch.Tensor | None  # ms's shape and dtype
-    gmc_part: torch.Tensor | None  # BwdPlan.gmc_part_shape, compute dtype
-    gms_part: torch.Tensor | None  # BwdPlan.gms_part_shape, compute dtype
+    parts: torch.Tensor  # (BwdPlan.parts_numel,) in the compute dtype: see BwdPlan.part_views
 
 
 def bwd_buffers(x, mc, ms, plan: BwdPlan, fill: float | None = None) -> BwdBuffers:
     """The backward's outputs for x (in a kernel layout), mc and ms (None where absent) under
     ``plan``; uninitialised, or all ``fill`` (tests poison them with NaN)."""
 
-    def new(shape, dtype, like=None):
-        t = torch.empty_like(like) if like is not None else torch.empty(shape, dtype=dtype, device=x.device)
+    def filled(t):
         return t if fill is None else t.fill_(fill)
 
-    acc = compute_dtype(x.dtype)
     return BwdBuffers(
-        new(None, None, like=x),
-        new(mc.shape, mc.dtype) if mc is not None else None,
-        new(ms.shape, ms.dtype) if ms is not None else None,
-        new(plan.gmc_part_shape, acc) if mc is not None else None,
-        new(plan.gms_part_shape, acc) if ms is not None else None,
+        filled(torch.empty_like(x)),
+        filled(torch.empty_like(mc, memory_format=torch.contiguous_format)) if mc is not None else None,
+        filled(torch.empty_like(ms, memory_format=torch.contiguous_format)) if ms is not None else None,
+        filled(torch.empty(plan.parts_numel, dtype=compute_dtype(x.dtype), device=x.device)),
+    )
+
+
+def _g_strides(g: torch.Tensor, x: torch.Tensor, plan: BwdPlan) -> tuple[torch.Tensor, tuple]:
+    """g and its strides over (n, walk, fast): g as it is where (h, w) collapse, else a copy in x's layout."""
+    strides = hw_strides(g)
+    if strides is None:
+        g = like_layout(g, x)
+        strides = hw_strides(g)
+    stride_n, stride_c, stride_hw = strides
+    return g, ((stride_n, stride_c, stride_hw) if plan.walk_is_c else (stride_n, stride_hw, stride_c))
+
+
+def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine: str, residual: bool) -> None:
+    """Stage one: gx (skipped when ``gx`` is None) and both maps' partials into ``parts``.
+
+    x in a kernel layout, mc and ms dense (or None), g (N, C, H, W) in any layout; ``plan`` is
+    :func:`bwd_plan` of x.
+    """
+    if x.numel() == 0:
+        return
+    g, g_strides = _g_strides(g, x, plan)
+    mw, mf = (mc, ms) if plan.walk_is_c else (ms, mc)
+    gate_bwd_kernel[plan.grid](
+        g,
+        x,
+        mw if mw is not None else mf,  # pointers the kernel does not read stand in for absent tensors
+        mf if mf is not None else mw,
+        gx if gx is not None else parts,
+        parts,
+        *plan.args,
+        *g_strides,
+        *plan.args_after_g,
+        COMBINE=COMBINE_CODES[combine],
+        HAS_MW=mw is not None,
+        HAS_MF=mf is not None,
+        RESIDUAL=residual,
+        STORE_GX=gx is not None,
+        **plan.meta,
+    )
+
+
+def launch_gate_bwd_stage_two(parts, gmc, gms, plan: BwdPlan) -> None:
+    """Stage two: gmc and gms (either may be None) from stage one's partials, in a fixed order."""
+    gmc_programs = plan.reduce_programs[0] if gmc is not None else 0
+    programs = gmc_programs + (plan.reduce_programs[1] if gms is not None else 0)
+    if not programs:
+        return
+    some = gmc if gmc is not None else gms
+    gate_bwd_reduce_kernel[(programs,)](
+        parts,
+        gmc if gmc is not None else some,
+        gms if gms is not None else some,
+        *plan.reduce_args,
+        gmc_programs,
+        HAS_MC=gmc is not None,
+        HAS_MS=gms is not None,
+        **plan.reduce_meta,
     )
 
 
@@ -302,49 +381,17 @@ def gate_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the gate: ``(gx, gmc, gms)``, gmc/gms None where mc/ms is None.
 
-    Shapes as :func:`bam_fused.kernels.gate_fwd` (g like x, in any layout: copied to x's if it
-    differs); gx has x's dtype and strides, gmc and gms the shapes and dtypes of mc and ms. Two
-    launches: stage one, then the fixed-order reduction of its partials. ``out``: the buffers to
-    write (:func:`bwd_buffers` of the same plan; tests pass poisoned ones); ``config`` and
+    Shapes as :func:`bam_fused.kernels.gate_fwd`; g (N, C, H, W) in any layout (read by its
+    strides where (h, w) collapse, an expanded one included; else copied to x's layout). gx has
+    x's dtype and strides, gmc and gms the shapes and dtypes of mc and ms. Two launches: stage
+    one, then the fixed-order reduction of its partials. ``out``: the buffers to write
+    (:func:`bwd_buffers` of the same plan; tests pass poisoned ones); ``config`` and
     ``force_int64`` as :func:`bwd_plan`.
     """
     x = as_kernel_layout(x)
-    g = like_layout(g, x)
     mc, ms = dense(mc), dense(ms)
     plan = bwd_plan(x, config, force_int64)
     buf = out if out is not None else bwd_buffers(x, mc, ms, plan)
-    if x.numel():
-        mw, mf, gw_part, gf_part = (
-            (mc, ms, buf.gmc_part, buf.gms_part) if plan.walk_is_c else (ms, mc, buf.gms_part, buf.gmc_part)
-        )
-        gate_bwd_kernel[plan.grid](
-            g,
-            x,
-            mw if mw is not None else x,
-            mf if mf is not None else x,
-            buf.gx,
-            gw_part if mw is not None else buf.gx,
-            gf_part if mf is not None else buf.gx,
-            *plan.args,
-            COMBINE=COMBINE_CODES[combine],
-            HAS_MW=mw is not None,
-            HAS_MF=mf is not None,
-            RESIDUAL=residual,
-            **plan.meta,
-        )
-    gmc_programs = plan.reduce_programs[0] if mc is not None else 0
-    programs = gmc_programs + (plan.reduce_programs[1] if ms is not None else 0)
-    if programs:
-        some = buf.gmc if mc is not None else buf.gms
-        gate_bwd_reduce_kernel[(programs,)](
-            buf.gmc_part if mc is not None else some,
-            buf.gmc if mc is not None else some,
-            buf.gms_part if ms is not None else some,
-            buf.gms if ms is not None else some,
-            *plan.reduce_args,
-            gmc_programs,
-            HAS_MC=mc is not None,
-            HAS_MS=ms is not None,
-            **plan.reduce_meta,
-        )
+    launch_gate_bwd_stage_one(g, x, mc, ms, buf.gx, buf.parts, plan, combine=combine, residual=residual)
+    launch_gate_bwd_stage_two(buf.parts, buf.gmc, buf.gms, plan)
     return buf.gx, buf.gmc, buf.gms

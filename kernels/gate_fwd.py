@@ -153,8 +153,8 @@ def gate_fwd(
     mc, ms = dense(mc), dense(ms)
     gate_fwd_kernel[plan.grid](
         x,
-        mc if mc is not None else x,
-        ms if ms is not None else x,
+        mc if mc is not None else ms,  # an absent map's pointer is never read
+        ms if ms is not None else mc,
         y,
         *plan.args,
         COMBINE=COMBINE_CODES[combine],

@@ -22,7 +22,12 @@ from ..common import compute_dtype, next_pow2
 NUM_WARPS = 4
 # Offsets switch to 64 bits from this many elements of x on.
 INT64_FROM = 2**31
-TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+TL_DTYPES = {
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+}
 
 
 class GateLayout(NamedTuple):
@@ -66,14 +71,43 @@ def like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def hw_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """Strides of a 4-D t over (n, c, hw) when (h, w) collapse into one axis of a single stride
+    (any dense layout, and expanded ones such as the stride-0 gradient of ``y.sum()``); None when
+    they do not."""
+    stride_n, stride_c, stride_h, stride_w = t.stride()
+    _, _, H, W = t.shape
+    if W == 1:
+        return stride_n, stride_c, stride_h
+    if H == 1 or stride_h == W * stride_w:
+        return stride_n, stride_c, stride_w
+    return None
+
+
 def dense(m: torch.Tensor | None) -> torch.Tensor | None:
     """A map as the kernels read it: its N·C or N·H·W elements in order, whatever its shape."""
     return None if m is None else m.contiguous()
 
 
+def tl_dtype(dtype: torch.dtype):
+    """The Triton dtype of a torch dtype."""
+    return TL_DTYPES[dtype]
+
+
 def tl_compute_dtype(dtype: torch.dtype):
     """:func:`bam_fused.common.compute_dtype` as a Triton dtype, for the kernels' COMPUTE constexpr."""
     return TL_DTYPES[compute_dtype(dtype)]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input_precision for operands of ``dtype``: "ieee" for fp32 and fp64, which a GPU
+    would otherwise round to TF32 (the interpreter is exact either way); half types ignore it."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def memory_format(lay: GateLayout) -> torch.memory_format:
+    """The memory format of a map laid out as ``lay``, for tensors that follow x's."""
+    return torch.channels_last if lay.channels_last else torch.contiguous_format
 
 
 def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: int) -> tuple[int, int]:

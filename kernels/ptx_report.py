@@ -151,10 +151,11 @@ def compile_kernels(
         "mw_ptr": dtype,
         "mf_ptr": dtype,
         "gx_ptr": dtype,
-        "gw_part_ptr": compute,
-        "gf_part_ptr": compute,
+        "part_ptr": compute,
     }
-    reduce_ptrs = {"gmc_part_ptr": compute, "gmc_ptr": dtype, "gms_part_ptr": compute, "gms_ptr": dtype}
+    reduce_ptrs = {"part_ptr": compute, "gmc_ptr": dtype, "gms_ptr": dtype}
+    # g with x's strides, as a training step hands it over.
+    bwd_args = (*bplan.args, *bplan.args[2:], *bplan.args_after_g)
     reports = []
     for mode, (combine, has_mc, has_ms) in GATE_MODES.items():
         has_mw, has_mf = (has_mc, has_ms) if bplan.walk_is_c else (has_ms, has_mc)
@@ -172,7 +173,7 @@ def compile_kernels(
                 "gate_bwd_kernel",
                 gate_bwd_kernel,
                 bplan.meta,
-                bplan.args,
+                bwd_args,
                 bwd_ptrs,
                 {"HAS_MW": has_mw, "HAS_MF": has_mf},
             ),
@@ -185,8 +186,10 @@ def compile_kernels(
             )
         for name, fn, meta, scalars, ptrs, flags in jobs:
             constexprs = {k: v for k, v in meta.items() if k != "num_warps"} | flags
-            if name != "gate_bwd_reduce_kernel":
+            if name == "gate_fwd_kernel":
                 constexprs |= common
+            elif name == "gate_bwd_kernel":
+                constexprs |= common | {"STORE_GX": True}
             scalar_names = [a for a in fn.arg_names if a not in ptrs and a not in constexprs]
             args = dict(zip(scalar_names, scalars, strict=True))
             signature, consts, attrs = _specialise(fn, args, constexprs, ptrs)

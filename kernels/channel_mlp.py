@@ -1,0 +1,410 @@
+"""The fused module's channel branch, forward and backward, each in one launch.
+
+    u1 = p · W1ᵀ + b1          (N, h)      p: the pooled means (N, C)
+    a1 = ReLU(BN1(u1))         (N, h)
+    u2 = a1 · W2ᵀ + b2         (N, C)
+    mc = BNc(u2)               (N, C)      (u2 itself without the paper's final BN)
+
+The branch is 1/r of the module's small tensors and a few µs of matrix products, but as
+separate cuBLAS/cuDNN calls it is 6 launches forward and 9 backward, each with its host cost.
+One program does it all: it holds the whole batch (BatchNorm normalises over it) and walks the
+channels in chunks, twice per direction. Every intermediate is rounded to the branch's dtype
+where eager PyTorch would hold it in that dtype (autocast: bf16/fp16), so the numbers follow
+the eager module's; statistics and sums are float32.
+
+The forward writes one buffer (``out``, compute dtype) at the offsets of :class:`MlpPlan`: mc
+(N, C) first (its values rounded to the branch dtype; the gate kernels read it as mc), then what
+the backward needs: u1 and a1 (N, h), u2 (N, C), and the statistics each BatchNorm normalised
+with (mean, 1/std). The backward writes ∂L/∂p over ∂L/∂mc, which it has read by then.
+"""
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import next_pow2
+from .layout import dot_precision, tl_dtype
+
+# tl.dot needs every dimension ≥ 16 on a GPU.
+MIN_DOT = 16
+# The batch and the hidden width live in registers: [BLOCK_N × BLOCK_H] up to this many values.
+MAX_BATCH_TILE = 16384
+MLP_WARPS = 8
+
+
+@triton.jit
+def _round(v, BRANCH: tl.constexpr, COMPUTE: tl.constexpr):
+    """v as eager PyTorch would hold it in the branch dtype, back in the compute dtype."""
+    return v.to(BRANCH).to(COMPUTE)
+
+
+@triton.jit
+def _bn_stats(u, mask, N, BATCH: tl.constexpr, rm_ptr, rv_ptr, idx, idx_mask, COMPUTE: tl.constexpr):
+    """(mean, variance) per column of u [BLOCK_N × BLOCK]: the batch's (biased) or the running ones.
+    N stays an integer (divisions by it keep the compute dtype, compiled or interpreted)."""
+    if BATCH:
+        mean = tl.sum(tl.where(mask, u, 0.0), axis=0) / N
+        d = tl.where(mask, u - mean[None, :], 0.0)
+        var = tl.sum(d * d, axis=0) / N
+    else:
+        mean = tl.load(rm_ptr + idx, mask=idx_mask, other=0.0).to(COMPUTE)
+        var = tl.load(rv_ptr + idx, mask=idx_mask, other=1.0).to(COMPUTE)
+    return mean, var
+
+
+@triton.jit
+def _bn_update_running(rm_ptr, rv_ptr, idx, idx_mask, mean, var, momentum, N):
+    """running ← (1 − momentum)·running + momentum·batch, the variance unbiased, as nn.BatchNorm."""
+    var = var * N / (N - 1)
+    rm = tl.load(rm_ptr + idx, mask=idx_mask, other=0.0)
+    rv = tl.load(rv_ptr + idx, mask=idx_mask, other=0.0)
+    tl.store(rm_ptr + idx, ((1.0 - momentum) * rm + momentum * mean).to(rm_ptr.dtype.element_ty), mask=idx_mask)
+    tl.store(rv_ptr + idx, ((1.0 - momentum) * rv + momentum * var).to(rv_ptr.dtype.element_ty), mask=idx_mask)
+
+
+@triton.jit
+def _bn_backward(g, xhat, mask, gamma, invstd, N, BATCH: tl.constexpr):
+    """(∂L/∂u, Σ_n g·x̂, Σ_n g) of a BatchNorm given g = ∂L/∂out, per column of [BLOCK_N × BLOCK]."""
+    g = tl.where(mask, g, 0.0)
+    g_beta = tl.sum(g, axis=0)
+    g_gamma = tl.sum(g * xhat, axis=0)
+    if BATCH:
+        g_u = (g - g_beta[None, :] / N - xhat * (g_gamma[None, :] / N)) * (gamma * invstd)[None, :]
+    else:
+        g_u = g * (gamma * invstd)[None, :]
+    return g_u, g_gamma, g_beta
+
+
+@triton.jit
+def channel_mlp_fwd_kernel(
+    p_ptr,  # (N, C) pooled means, compute dtype
+    w1_ptr,  # (h, C)
+    b1_ptr,  # (h)
+    bn1_w_ptr,  # BN1's weight, bias, running mean and variance (h)
+    bn1_b_ptr,
+    bn1_rm_ptr,
+    bn1_rv_ptr,
+    w2_ptr,  # (C, h)
+    b2_ptr,  # (C)
+    bnc_w_ptr,  # BNc's (C); unused without HAS_BNC
+    bnc_b_ptr,
+    bnc_rm_ptr,
+    bnc_rv_ptr,
+    out_ptr,  # out: mc (N, C) at 0, then what the backward needs, compute dtype, at the offsets below
+    N,
+    C,
+    h,
+    eps1,
+    momentum1,
+    epsc,
+    momentumc,
+    u1_offset,  # u1, a1 (N, h), u2 (N, C), mean1 and invstd1 (h), mean2 and invstd2 (C)
+    a1_offset,
+    u2_offset,
+    mean1_offset,
+    mean2_offset,
+    BN1_BATCH: tl.constexpr,  # normalise with the batch's statistics (train mode), else the running ones
+    BN1_UPDATE: tl.constexpr,  # and update the running ones
+    HAS_BNC: tl.constexpr,  # the paper variant's final BN
+    BNC_BATCH: tl.constexpr,
+    BNC_UPDATE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BRANCH: tl.constexpr,  # the branch's dtype (autocast's, or x's)
+    PRECISION: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    j = tl.arange(0, BLOCK_H)
+    j_mask = j < h
+    nj_mask = n_mask[:, None] & j_mask[None, :]
+
+    # u1 = p · W1ᵀ + b1, the channels in chunks.
+    u1 = tl.zeros([BLOCK_N, BLOCK_H], dtype=COMPUTE)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_mask = c < C
+        p = tl.load(p_ptr + n[:, None] * C + c[None, :], mask=n_mask[:, None] & c_mask[None, :], other=0.0)
+        w1t = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
+        u1 = tl.dot(p.to(BRANCH), w1t.to(BRANCH), acc=u1, input_precision=PRECISION, out_dtype=COMPUTE)
+    u1 = _round(u1 + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, COMPUTE)
+    mean1, var1 = _bn_stats(u1, nj_mask, N, BN1_BATCH, bn1_rm_ptr, bn1_rv_ptr, j, j_mask, COMPUTE)
+    invstd1 = 1.0 / tl.sqrt(var1 + eps1)
+    if BN1_UPDATE:
+        _bn_update_running(bn1_rm_ptr, bn1_rv_ptr, j, j_mask, mean1, var1, momentum1, N)
+    gamma1 = tl.load(bn1_w_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
+    beta1 = tl.load(bn1_b_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
+    a1 = _round((u1 - mean1[None, :]) * (invstd1 * gamma1)[None, :] + beta1[None, :], BRANCH, COMPUTE)
+    a1 = tl.where(nj_mask, tl.maximum(a1, 0.0), 0.0)
+    nj = n[:, None] * h + j[None, :]
+    tl.store(out_ptr + u1_offset + nj, u1, mask=nj_mask)
+    tl.store(out_ptr + a1_offset + nj, a1, mask=nj_mask)
+    tl.store(out_ptr + mean1_offset + j, mean1, mask=j_mask)
+    tl.store(out_ptr + mean1_offset + h + j, invstd1, mask=j_mask)
+
+    # u2 = a1 · W2ᵀ + b2 and BNc, the channels in chunks: each chunk holds the whole batch.
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_mask = c < C
+        nc_mask = n_mask[:, None] & c_mask[None, :]
+        w2t = tl.load(w2_ptr + c[None, :] * h + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
+        u2 = tl.dot(a1.to(BRANCH), w2t.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        u2 = _round(u2 + tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, COMPUTE)
+        nc = n[:, None] * C + c[None, :]
+        if HAS_BNC:
+            mean2, var2 = _bn_stats(u2, nc_mask, N, BNC_BATCH, bnc_rm_ptr, bnc_rv_ptr, c, c_mask, COMPUTE)
+            invstd2 = 1.0 / tl.sqrt(var2 + epsc)
+            if BNC_UPDATE:
+                _bn_update_running(bnc_rm_ptr, bnc_rv_ptr, c, c_mask, mean2, var2, momentumc, N)
+            gamma2 = tl.load(bnc_w_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
+            beta2 = tl.load(bnc_b_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
+            mc = _round((u2 - mean2[None, :]) * (invstd2 * gamma2)[None, :] + beta2[None, :], BRANCH, COMPUTE)
+            tl.store(out_ptr + u2_offset + nc, u2, mask=nc_mask)
+            tl.store(out_ptr + mean2_offset + c, mean2, mask=c_mask)
+            tl.store(out_ptr + mean2_offset + C + c, invstd2, mask=c_mask)
+        else:
+            mc = u2
+        tl.store(out_ptr + nc, mc, mask=nc_mask)
+
+
+@triton.jit
+def channel_mlp_bwd_kernel(
+    gmc_ptr,  # (N, C) ∂L/∂mc in the branch dtype; out: ∂L/∂p over it, once read (values in the branch dtype)
+    p_ptr,  # (N, C) pooled means, compute dtype
+    save_ptr,  # the forward's out buffer (see channel_mlp_fwd_kernel)
+    w1_ptr,  # (h, C)
+    bn1_w_ptr,  # (h)
+    w2_ptr,  # (C, h)
+    bnc_w_ptr,  # (C); unused without HAS_BNC
+    grad_ptr,  # out: the parameters' gradients at the offsets below, in the parameters' dtype
+    N,
+    C,
+    h,
+    u1_offset,
+    a1_offset,
+    u2_offset,
+    mean1_offset,
+    mean2_offset,
+    g_w1_offset,  # grad: W1, b1, BN1 weight, bias, W2, b2, BNc weight, bias
+    g_b1_offset,
+    g_bn1_w_offset,
+    g_bn1_b_offset,
+    g_w2_offset,
+    g_b2_offset,
+    g_bnc_w_offset,
+    g_bnc_b_offset,
+    BN1_BATCH: tl.constexpr,
+    HAS_BNC: tl.constexpr,
+    BNC_BATCH: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BRANCH: tl.constexpr,
+    PRECISION: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    j = tl.arange(0, BLOCK_H)
+    j_mask = j < h
+    nj_mask = n_mask[:, None] & j_mask[None, :]
+    nj = n[:, None] * h + j[None, :]
+    grad_ty = grad_ptr.dtype.element_ty
+    a1 = tl.load(save_ptr + a1_offset + nj, mask=nj_mask, other=0.0)
+
+    # BNc and the second Linear, the channels in chunks; ∂L/∂a1 accumulates over them.
+    g_a1 = tl.zeros([BLOCK_N, BLOCK_H], dtype=COMPUTE)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_mask = c < C
+        nc_mask = n_mask[:, None] & c_mask[None, :]
+        nc = n[:, None] * C + c[None, :]
+        g_u2 = tl.load(gmc_ptr + nc, mask=nc_mask, other=0.0).to(COMPUTE)
+        if HAS_BNC:
+            u2 = tl.load(save_ptr + u2_offset + nc, mask=nc_mask, other=0.0)
+            mean2 = tl.load(save_ptr + mean2_offset + c, mask=c_mask, other=0.0)
+            invstd2 = tl.load(save_ptr + mean2_offset + C + c, mask=c_mask, other=0.0)
+            gamma2 = tl.load(bnc_w_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
+            xhat2 = (u2 - mean2[None, :]) * invstd2[None, :]
+            g_u2, g_gamma2, g_beta2 = _bn_backward(g_u2, xhat2, nc_mask, gamma2, invstd2, N, BNC_BATCH)
+            g_u2 = _round(g_u2, BRANCH, COMPUTE)
+            tl.store(grad_ptr + g_bnc_w_offset + c, g_gamma2.to(grad_ty), mask=c_mask)
+            tl.store(grad_ptr + g_bnc_b_offset + c, g_beta2.to(grad_ty), mask=c_mask)
+        g_u2 = tl.where(nc_mask, g_u2, 0.0)
+        g_w2 = tl.dot(tl.trans(g_u2).to(BRANCH), a1.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        w2_offs = c[:, None] * h + j[None, :]
+        w2_mask = c_mask[:, None] & j_mask[None, :]
+        tl.store(grad_ptr + g_w2_offset + w2_offs, _round(g_w2, BRANCH, COMPUTE).to(grad_ty), mask=w2_mask)
+        g_b2 = _round(tl.sum(g_u2, axis=0), BRANCH, COMPUTE)
+        tl.store(grad_ptr + g_b2_offset + c, g_b2.to(grad_ty), mask=c_mask)
+        w2 = tl.load(w2_ptr + w2_offs, mask=w2_mask, other=0.0)
+        g_a1 = tl.dot(g_u2.to(BRANCH), w2.to(BRANCH), acc=g_a1, input_precision=PRECISION, out_dtype=COMPUTE)
+
+    # ReLU and BN1.
+    g_a1 = tl.where(a1 > 0.0, _round(g_a1, BRANCH, COMPUTE), 0.0)
+    u1 = tl.load(save_ptr + u1_offset + nj, mask=nj_mask, other=0.0)
+    mean1 = tl.load(save_ptr + mean1_offset + j, mask=j_mask, other=0.0)
+    invstd1 = tl.load(save_ptr + mean1_offset + h + j, mask=j_mask, other=0.0)
+    gamma1 = tl.load(bn1_w_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
+    xhat1 = (u1 - mean1[None, :]) * invstd1[None, :]
+    g_u1, g_gamma1, g_beta1 = _bn_backward(g_a1, xhat1, nj_mask, gamma1, invstd1, N, BN1_BATCH)
+    g_u1 = tl.where(nj_mask, _round(g_u1, BRANCH, COMPUTE), 0.0)
+    tl.store(grad_ptr + g_bn1_w_offset + j, g_gamma1.to(grad_ty), mask=j_mask)
+    tl.store(grad_ptr + g_bn1_b_offset + j, g_beta1.to(grad_ty), mask=j_mask)
+    tl.store(grad_ptr + g_b1_offset + j, _round(tl.sum(g_u1, axis=0), BRANCH, COMPUTE).to(grad_ty), mask=j_mask)
+
+    # The first Linear, the channels in chunks: ∂L/∂W1 and ∂L/∂p, over ∂L/∂mc (every thread is
+    # done reading it: the barrier makes sure).
+    tl.debug_barrier()
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_mask = c < C
+        nc_mask = n_mask[:, None] & c_mask[None, :]
+        nc = n[:, None] * C + c[None, :]
+        p = tl.load(p_ptr + nc, mask=nc_mask, other=0.0)
+        g_w1 = tl.dot(tl.trans(g_u1).to(BRANCH), p.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        w1_offs = j[:, None] * C + c[None, :]
+        w1_mask = j_mask[:, None] & c_mask[None, :]
+        tl.store(grad_ptr + g_w1_offset + w1_offs, _round(g_w1, BRANCH, COMPUTE).to(grad_ty), mask=w1_mask)
+        w1 = tl.load(w1_ptr + w1_offs, mask=w1_mask, other=0.0)
+        g_p = tl.dot(g_u1.to(BRANCH), w1.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        tl.store(gmc_ptr + nc, g_p.to(gmc_ptr.dtype.element_ty), mask=nc_mask)
+
+
+class MlpPlan(NamedTuple):
+    """Block sizes and the offsets into the forward's out buffer for one (N, C, h, dtypes)."""
+
+    meta: dict  # the kernels' shared block and dtype constexprs and num_warps
+    save_offsets: tuple  # u1, a1, u2, mean1 (then invstd1), mean2 (then invstd2); mc is at 0
+    out_numel: int
+
+
+def mlp_fits(N: int, h: int) -> bool:
+    """Whether one program can hold the batch: [N × h] (padded) within MAX_BATCH_TILE values."""
+    return max(MIN_DOT, next_pow2(N)) * max(MIN_DOT, next_pow2(h)) <= MAX_BATCH_TILE
+
+
+@functools.lru_cache(maxsize=1024)
+def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype) -> MlpPlan:
+    """The launch plan of both kernels; cached."""
+    block_n, block_h = max(MIN_DOT, next_pow2(N)), max(MIN_DOT, next_pow2(h))
+    # A [BLOCK_N × BLOCK_C] chunk and a [BLOCK_C × BLOCK_H] weight tile next to the [N × h] ones.
+    block_c = max(MIN_DOT, min(next_pow2(C), 4096 // max(block_n, block_h)))
+    u1 = N * C
+    a1, u2 = u1 + N * h, u1 + 2 * N * h
+    mean1 = u2 + N * C
+    mean2 = mean1 + 2 * h
+    return MlpPlan(
+        meta={
+            "BLOCK_N": block_n,
+            "BLOCK_H": block_h,
+            "BLOCK_C": block_c,
+            "BRANCH": tl_dtype(branch_dtype),
+            "PRECISION": dot_precision(branch_dtype),
+            "COMPUTE": tl_dtype(compute),
+            "num_warps": MLP_WARPS,
+        },
+        save_offsets=(u1, a1, u2, mean1, mean2),
+        out_numel=mean2 + 2 * C,
+    )
+
+
+class BatchNormArgs(NamedTuple):
+    """How a BatchNorm runs in this call: what the kernels need of an nn.BatchNorm."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    eps: float
+    momentum: float  # the running statistics' factor this call (0.0 when they are not updated)
+    batch_stats: bool  # normalise with the batch's statistics
+    update: bool  # update the running ones
+
+
+def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | None, branch_dtype):
+    """The channel branch on the pooled means ``p`` (N, C) (compute dtype): one buffer holding mc
+    (N, C), its first N·C values (rounded to ``branch_dtype``), then what :func:`channel_mlp_bwd`
+    needs.
+
+    w1 (h, C), b1 (h), w2 (C, h), b2 (C); ``bnc`` None for the released code's branch. Running
+    statistics are updated in place where the BatchNorm args say so.
+    """
+    N, C = p.shape
+    h = w1.shape[0]
+    plan = mlp_plan(N, C, h, branch_dtype, p.dtype)
+    out = torch.empty(plan.out_numel, device=p.device, dtype=p.dtype)
+    some = bn1.weight
+    channel_mlp_fwd_kernel[(1,)](
+        p,
+        w1,
+        b1,
+        bn1.weight,
+        bn1.bias,
+        bn1.running_mean if bn1.running_mean is not None else some,
+        bn1.running_var if bn1.running_var is not None else some,
+        w2,
+        b2,
+        bnc.weight if bnc is not None else some,
+        bnc.bias if bnc is not None else some,
+        bnc.running_mean if bnc is not None and bnc.running_mean is not None else some,
+        bnc.running_var if bnc is not None and bnc.running_var is not None else some,
+        out,
+        N,
+        C,
+        h,
+        bn1.eps,
+        bn1.momentum,
+        bnc.eps if bnc is not None else 0.0,
+        bnc.momentum if bnc is not None else 0.0,
+        *plan.save_offsets,
+        BN1_BATCH=bn1.batch_stats,
+        BN1_UPDATE=bn1.update,
+        HAS_BNC=bnc is not None,
+        BNC_BATCH=bnc is not None and bnc.batch_stats,
+        BNC_UPDATE=bnc is not None and bnc.update,
+        **plan.meta,
+    )
+    return out
+
+
+def mlp_grad_shapes(C: int, h: int, final_bn: bool) -> list[tuple]:
+    """Shapes of the parameters' gradients :func:`channel_mlp_bwd` writes, in its order:
+    W1, b1, BN1 weight and bias, W2, b2 (and BNc weight and bias)."""
+    return [(h, C), (h,), (h,), (h,), (C, h), (C,)] + ([(C,), (C,)] if final_bn else [])
+
+
+def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs | None, grads, grad_offsets):
+    """The channel branch's backward: writes the parameters' gradients into ``grads`` at
+    ``grad_offsets`` (the order of :func:`mlp_grad_shapes`) and ∂L/∂p over ``gmc``.
+
+    gmc (N, C) ∂L/∂mc in the branch dtype; p and save as :func:`channel_mlp_fwd` had and made them.
+    """
+    N, C = p.shape
+    h = w1.shape[0]
+    plan = mlp_plan(N, C, h, gmc.dtype, p.dtype)
+    offsets = tuple(grad_offsets) + ((0, 0) if bnc is None else ())
+    channel_mlp_bwd_kernel[(1,)](
+        gmc,
+        p,
+        save,
+        w1,
+        bn1.weight,
+        w2,
+        bnc.weight if bnc is not None else bn1.weight,
+        grads,
+        N,
+        C,
+        h,
+        *plan.save_offsets,
+        *offsets,
+        BN1_BATCH=bn1.batch_stats,
+        HAS_BNC=bnc is not None,
+        BNC_BATCH=bnc is not None and bnc.batch_stats,
+        **plan.meta,
+    )

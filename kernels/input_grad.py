@@ -1,0 +1,284 @@
+"""The fused module's last pass: x's one gradient and the 1×1 reduce convolution's weight gradient.
+
+    gx[n, c, hw] = g · (1 + s)  +  g_p[n, c] / HW  +  Σ_j Wr[j, c] · g_z0[n, j, hw]
+                   (the gate)      (the pooling)     (the 1×1 reduce convolution)
+    gWr[j, c]    = Σ_{n, hw} g_z0[n, j, hw] · x[n, c, hw]        gbr[j] = Σ_{n, hw} g_z0[n, j, hw]
+
+with s = σ(mc ⊕ ms) recomputed from the maps (``g · s`` without the residual). One program per
+(block of channels, split of the positions): it walks its positions in chunks, reads g, x and
+g_z0 once, writes gx once, and accumulates gWr for its channels in registers. Each split leaves
+its sums as partials, ``gw_part (splits, h, C)`` and ``gb_part (splits, h)`` (the latter from the
+programs of the first channel block), which ``input_grad_reduce_kernel`` sums in a fixed order:
+no atomics, bitwise reproducible.
+"""
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import cdiv, compute_dtype, next_pow2
+from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
+from .layout import (
+    NUM_WARPS,
+    dot_precision,
+    hw_strides,
+    layout_of,
+    like_layout,
+    multiprocessor_count,
+    tl_compute_dtype,
+    tl_dtype,
+)
+
+MIN_DOT = 16
+# Channels per program and positions per chunk.
+BLOCK_C = 64
+BLOCK_P = 64
+# Programs per SM the position split aims for (each split adds h·C partial sums).
+PROGRAMS_PER_SM = 2
+REDUCE_BLOCK = 1024
+
+
+@triton.jit
+def input_grad_kernel(
+    g_ptr,  # (N, C, HW) by its own strides
+    x_ptr,  # (N, C, HW) by the strides below
+    gx_ptr,  # out: like x
+    mc_ptr,  # (N, C) contiguous; unused without HAS_MC
+    ms_ptr,  # (N, HW) contiguous; unused without HAS_MS
+    gp_ptr,  # (N, C) ∂L/∂(pooled mean), compute dtype; unused without HAS_POOL
+    gz_ptr,  # (N, h, HW) ∂L/∂z0 by its strides; unused without HAS_REDUCE
+    w_ptr,  # Wr (h, C) contiguous; unused without HAS_REDUCE
+    part_ptr,  # out: gw_part (splits, h, C) then gb_part (splits, h), compute dtype
+    C,
+    HW,
+    h,
+    stride_n,  # x's and gx's strides over (n, c, hw)
+    stride_c,
+    stride_hw,
+    g_stride_n,  # g's
+    g_stride_c,
+    g_stride_hw,
+    z_stride_n,  # g_z0's
+    z_stride_c,
+    z_stride_hw,
+    c_blocks,  # programs along the channels
+    per_split,  # positions (n·HW + hw) per split, whole chunks
+    total,  # N·HW
+    gb_part_offset,  # elements of part_ptr before gb_part
+    COMBINE: tl.constexpr,
+    HAS_MC: tl.constexpr,
+    HAS_MS: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    HAS_POOL: tl.constexpr,  # the channel branch: add g_p / HW
+    HAS_REDUCE: tl.constexpr,  # the spatial branch: add Wrᵀ · g_z0, accumulate gWr and gbr
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # h padded to a power of 2 ≥ 16
+    DOT: tl.constexpr,  # the convolution's dtype (autocast's, or x's)
+    PRECISION: tl.constexpr,
+    INT64: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_c = pid % c_blocks
+    pid_s = pid // c_blocks
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    j = tl.arange(0, BLOCK_H)
+    j_mask = j < h
+    if HAS_REDUCE:
+        # Wrᵀ for this program's channels, loaded once: [BLOCK_C × BLOCK_H].
+        wt = tl.load(w_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
+        wt = wt.to(DOT)
+    gw = tl.zeros([BLOCK_H, BLOCK_C], dtype=COMPUTE)
+    gb = tl.zeros([BLOCK_H], dtype=COMPUTE)
+    start = pid_s * per_split
+    end = tl.minimum(total, start + per_split)
+    for q0 in range(start, end, BLOCK_P):
+        q = q0 + tl.arange(0, BLOCK_P)
+        if INT64:
+            q = q.to(tl.int64)
+        q_mask = q < end
+        n = q // HW
+        hw = q - n * HW
+        mask = c_mask[:, None] & q_mask[None, :]
+        offs = n[None, :] * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw
+        g_offs = n[None, :] * g_stride_n + c[:, None] * g_stride_c + hw[None, :] * g_stride_hw
+        g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(COMPUTE)
+        mc = tl.zeros([BLOCK_C, BLOCK_P], dtype=COMPUTE)
+        ms = tl.zeros([BLOCK_C, BLOCK_P], dtype=COMPUTE)
+        if HAS_MC:
+            mc = tl.load(mc_ptr + n[None, :] * C + c[:, None], mask=mask, other=0.0).to(COMPUTE)
+        if HAS_MS:
+            ms = tl.broadcast_to(tl.load(ms_ptr + q, mask=q_mask, other=0.0).to(COMPUTE)[None, :], [BLOCK_C, BLOCK_P])
+        s = gate_sigmoid(gate_preactivation(mc, ms, COMBINE, HAS_MC, HAS_MS))
+        if RESIDUAL:
+            gx = g * (1.0 + s)
+        else:
+            gx = g * s
+        if HAS_POOL:
+            gx += tl.load(gp_ptr + n[None, :] * C + c[:, None], mask=mask, other=0.0).to(COMPUTE) / HW
+        if HAS_REDUCE:
+            z_offs = n[None, :] * z_stride_n + j[:, None] * z_stride_c + hw[None, :] * z_stride_hw
+            gz = tl.load(gz_ptr + z_offs, mask=j_mask[:, None] & q_mask[None, :], other=0.0)
+            gx = tl.dot(wt, gz.to(DOT), acc=gx, input_precision=PRECISION, out_dtype=COMPUTE)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+            gw = tl.dot(gz.to(DOT), tl.trans(x.to(DOT)), acc=gw, input_precision=PRECISION, out_dtype=COMPUTE)
+            gb += tl.sum(gz.to(COMPUTE), axis=1)
+        tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+    if HAS_REDUCE:
+        tl.store(part_ptr + (pid_s * h + j[:, None]) * C + c[None, :], gw, mask=j_mask[:, None] & c_mask[None, :])
+        if pid_c == 0:
+            tl.store(part_ptr + gb_part_offset + pid_s * h + j, gb, mask=j_mask)
+
+
+@triton.jit
+def input_grad_reduce_kernel(
+    part_ptr,  # gw_part (splits, h·C) then gb_part (splits, h), compute dtype
+    out_ptr,  # gWr (h·C) and gbr (h) at their offsets, in the parameters' dtype
+    splits,
+    hc,  # h·C
+    h,
+    gb_part_offset,
+    gw_offset,  # elements of out_ptr before gWr
+    gb_offset,  # and before gbr
+    BLOCK: tl.constexpr,
+):
+    """gWr = Σ_s gw_part[s], gbr = Σ_s gb_part[s], s in order; the last program sums gbr."""
+    pid = tl.program_id(0)
+    gw_programs = tl.cdiv(hc, BLOCK)
+    if pid < gw_programs:
+        o = pid * BLOCK + tl.arange(0, BLOCK)
+        mask = o < hc
+        acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+        for s in range(splits):
+            acc += tl.load(part_ptr + s * hc + o, mask=mask, other=0.0)
+        tl.store(out_ptr + gw_offset + o, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        o = tl.arange(0, BLOCK)
+        mask = o < h
+        acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+        for s in range(splits):
+            acc += tl.load(part_ptr + gb_part_offset + s * h + o, mask=mask, other=0.0)
+        tl.store(out_ptr + gb_offset + o, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+class InputGradPlan(NamedTuple):
+    grid: tuple
+    c_blocks: int
+    splits: int
+    per_split: int
+    part_numel: int  # gw_part then gb_part
+    gb_part_offset: int
+    meta: dict
+    reduce_grid: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGradPlan:
+    """The launch plan for x of ``shape`` (N, C, H, W), ``strides``, ``dtype``, a reduce
+    convolution to ``h`` channels (0: no spatial branch) in ``dot_dtype``; cached."""
+    N, C, H, W = shape
+    total = N * H * W
+    c_blocks = cdiv(C, BLOCK_C)
+    chunks = cdiv(total, BLOCK_P)
+    # Enough programs to fill the GPU, each split at least one chunk.
+    splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * multiprocessor_count(device), c_blocks)))
+    per_split = cdiv(chunks, splits) * BLOCK_P
+    splits = cdiv(total, per_split) if total else 0
+    gb_part_offset = splits * h * C
+    return InputGradPlan(
+        grid=(c_blocks * splits,),
+        c_blocks=c_blocks,
+        splits=splits,
+        per_split=per_split,
+        part_numel=gb_part_offset + splits * h,
+        gb_part_offset=gb_part_offset,
+        meta={
+            "BLOCK_C": BLOCK_C,
+            "BLOCK_P": BLOCK_P,
+            "BLOCK_H": max(MIN_DOT, next_pow2(h)),
+            "DOT": tl_dtype(dot_dtype),
+            "PRECISION": dot_precision(dot_dtype),
+            "INT64": layout_of(shape, strides).int64,
+            "COMPUTE": tl_compute_dtype(dtype),
+            "num_warps": NUM_WARPS,
+        },
+        reduce_grid=(cdiv(h * C, REDUCE_BLOCK) + 1,),
+    )
+
+
+def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=None, grad_offsets=(0, 0), part=None):
+    """gx, and gWr and gbr written into ``grads`` at ``grad_offsets`` (when ``gz`` is given).
+
+    Shapes: g and x (N, C, H, W) (x NCHW or channels_last, g in any layout); mc (N, C) and
+    ms (N, H·W) (their values first in any contiguous tensor) or None, not both; gp (N, C)
+    ∂L/∂(pooled mean) or None; gz (N, h, H, W) ∂L/∂z0 and w (h, C) the reduce convolution's
+    weight, or both None; ``grads`` a 1-D tensor in the parameters' dtype; ``part`` a buffer of
+    at least :attr:`InputGradPlan.part_numel` in x's compute dtype for the partial sums (None:
+    allocated here). Returns gx, x's shape, dtype and strides.
+    """
+    N, C, H, W = x.shape
+    h = w.shape[0] if w is not None else 0
+    dot_dtype = gz.dtype if gz is not None else x.dtype
+    plan = input_grad_plan(x.shape, x.stride(), x.dtype, x.device, h, dot_dtype)
+    gx = torch.empty_like(x)
+    if part is None and gz is not None:
+        part = torch.empty(plan.part_numel, device=x.device, dtype=compute_dtype(x.dtype))
+    if plan.splits == 0 or C == 0:
+        if grads is not None and gz is not None:
+            grads[grad_offsets[0] : grad_offsets[0] + h * C].zero_()
+            grads[grad_offsets[1] : grad_offsets[1] + h].zero_()
+        return gx
+    lay = layout_of(x.shape, x.stride())
+    g_strides = hw_strides(g)
+    if g_strides is None:
+        g = like_layout(g, x)
+        g_strides = hw_strides(g)
+    small = mc if mc is not None else ms  # stands in for the pointers the kernel does not read
+    input_grad_kernel[plan.grid](
+        g,
+        x,
+        gx,
+        small if mc is None else mc,
+        small if ms is None else ms,
+        gp if gp is not None else small,
+        gz if gz is not None else small,
+        w if w is not None else small,
+        part if part is not None else small,
+        C,
+        H * W,
+        h,
+        lay.stride_n,
+        lay.stride_c,
+        lay.stride_hw,
+        *g_strides,
+        *(hw_strides(gz) if gz is not None else (0, 0, 0)),
+        plan.c_blocks,
+        plan.per_split,
+        N * H * W,
+        plan.gb_part_offset,
+        COMBINE=COMBINE_CODES[combine],
+        HAS_MC=mc is not None,
+        HAS_MS=ms is not None,
+        RESIDUAL=residual,
+        HAS_POOL=gp is not None,
+        HAS_REDUCE=gz is not None,
+        **plan.meta,
+    )
+    if gz is not None:
+        input_grad_reduce_kernel[plan.reduce_grid](
+            part,
+            grads,
+            plan.splits,
+            h * C,
+            h,
+            plan.gb_part_offset,
+            *grad_offsets,
+            BLOCK=REDUCE_BLOCK,
+            num_warps=NUM_WARPS,
+        )
+    return gx

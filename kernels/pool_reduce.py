@@ -1,0 +1,158 @@
+"""The fused module's first pass over x: the channel branch's pooled means and the spatial
+branch's 1×1 reduce convolution from one read of x.
+
+    p[n, c]     = Σ_hw x[n, c, hw] / HW                 (N, C)   the channel branch's input
+    z0[n, j, hw] = Σ_c Wr[j, c] · x[n, c, hw] + br[j]    (N, h, HW) the spatial branch's first map
+
+One program per (sample n, block of positions): it walks the channels in chunks, accumulating
+z0 for its positions with ``tl.dot`` (h padded to 16, masked at the store) and writing each
+chunk's column sums as a partial of p. The partials, ``pool_part (N, hw blocks, C)``, are summed
+in a fixed order afterwards (``pool_part.sum(1)``): no atomics, bitwise reproducible.
+"""
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import cdiv, compute_dtype, next_pow2
+from .layout import NUM_WARPS, dot_precision, hw_strides, layout_of, memory_format, tl_compute_dtype, tl_dtype
+
+# Positions per program, at most, and channels per chunk: a [64 × 64] tile of x with a
+# [h × 64] accumulator stays in registers for h up to 64 (C = 1024, r = 16).
+MAX_BLOCK_HW = 64
+BLOCK_C = 64
+# tl.dot needs every dimension ≥ 16 on a GPU (the interpreter takes any).
+MIN_DOT = 16
+
+
+@triton.jit
+def pool_reduce_kernel(
+    x_ptr,  # (N, C, HW) by the strides below
+    w_ptr,  # Wr (h, C) contiguous: the 1×1 convolution's weight; unused without REDUCE
+    b_ptr,  # br (h); unused without REDUCE
+    z_ptr,  # z0 (N, h, HW) by its strides, in DOT's dtype; unused without REDUCE
+    pool_ptr,  # pool_part (N, hw_blocks, C) in COMPUTE; unused without POOL
+    C,
+    HW,
+    h,
+    stride_n,  # x's strides over (n, c, hw)
+    stride_c,
+    stride_hw,
+    z_stride_n,  # z0's
+    z_stride_c,
+    z_stride_hw,
+    hw_blocks,  # programs per sample
+    POOL: tl.constexpr,  # write the pooled means' partials
+    REDUCE: tl.constexpr,  # write z0
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # h padded to a power of 2 ≥ 16
+    DOT: tl.constexpr,  # the convolution's input dtype (autocast's, or x's)
+    PRECISION: tl.constexpr,  # tl.dot's input_precision: "ieee" keeps fp32 exact on a GPU
+    INT64: tl.constexpr,  # 64-bit offsets
+    COMPUTE: tl.constexpr,  # float32, or float64 for gradcheck
+):
+    pid = tl.program_id(0)
+    pid_hw = pid % hw_blocks
+    n = pid // hw_blocks
+    hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    if INT64:
+        n = n.to(tl.int64)
+        hw = hw.to(tl.int64)
+    hw_mask = hw < HW
+    j = tl.arange(0, BLOCK_H)
+    j_mask = j < h
+    z = tl.zeros([BLOCK_H, BLOCK_HW], dtype=COMPUTE)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_mask = c < C
+        mask = c_mask[:, None] & hw_mask[None, :]
+        x = tl.load(x_ptr + n * stride_n + c[:, None] * stride_c + hw[None, :] * stride_hw, mask=mask, other=0.0)
+        if POOL:
+            # Divided here: a Python float 1/HW would be fp32 on a GPU and fp64 under the interpreter.
+            col = tl.sum(x.to(COMPUTE), axis=1) / HW
+            tl.store(pool_ptr + (n * hw_blocks + pid_hw) * C + c, col, mask=c_mask)
+        if REDUCE:
+            w = tl.load(w_ptr + j[:, None] * C + c[None, :], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
+            z = tl.dot(w.to(DOT), x.to(DOT), acc=z, input_precision=PRECISION, out_dtype=COMPUTE)
+    if REDUCE:
+        z += tl.load(b_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[:, None]
+        z_offs = n * z_stride_n + j[:, None] * z_stride_c + hw[None, :] * z_stride_hw
+        tl.store(z_ptr + z_offs, z.to(z_ptr.dtype.element_ty), mask=j_mask[:, None] & hw_mask[None, :])
+
+
+class PoolReducePlan(NamedTuple):
+    grid: tuple
+    hw_blocks: int
+    meta: dict
+
+
+@functools.lru_cache(maxsize=1024)
+def pool_reduce_plan(
+    shape: tuple, strides: tuple, dtype: torch.dtype, h: int, dot_dtype: torch.dtype
+) -> PoolReducePlan:
+    """The launch plan for x of ``shape`` (N, C, H, W), ``strides`` and ``dtype``, a reduce to ``h``
+    channels computed in ``dot_dtype``; cached."""
+    N, C, H, W = shape
+    block_h = max(MIN_DOT, next_pow2(h))
+    # The accumulator [block_h × block_hw] stays within 4096 fp32 (32 registers a thread).
+    block_hw = max(MIN_DOT, min(MAX_BLOCK_HW, next_pow2(H * W), 4096 // block_h))
+    hw_blocks = cdiv(H * W, block_hw)
+    return PoolReducePlan(
+        grid=(N * hw_blocks,),
+        hw_blocks=hw_blocks,
+        meta={
+            "BLOCK_C": BLOCK_C,
+            "BLOCK_HW": block_hw,
+            "BLOCK_H": block_h,
+            "DOT": tl_dtype(dot_dtype),
+            "PRECISION": dot_precision(dot_dtype),
+            "INT64": layout_of(shape, strides).int64,
+            "COMPUTE": tl_compute_dtype(dtype),
+            "num_warps": NUM_WARPS,
+        },
+    )
+
+
+def pool_reduce(
+    x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, *, pool: bool, dot_dtype: torch.dtype
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(pool_part, z0)`` from one read of x; either is None when not asked for (``pool`` False,
+    ``w`` None).
+
+    Shapes: x (N, C, H, W), NCHW or channels_last; w (h, C, 1, 1) or (h, C) contiguous, b (h).
+    Returns pool_part (N, hw blocks, C) in x's compute dtype, whose sum over dim 1 is the mean
+    of x over H×W, and z0 (N, h, H, W) in ``dot_dtype`` and x's memory format.
+    """
+    N, C, H, W = x.shape
+    h = w.shape[0] if w is not None else 0
+    lay = layout_of(x.shape, x.stride())
+    plan = pool_reduce_plan(x.shape, x.stride(), x.dtype, h, dot_dtype)
+    pool_part = torch.empty(N, plan.hw_blocks, C, device=x.device, dtype=compute_dtype(x.dtype)) if pool else None
+    z0 = torch.empty((N, h, H, W), device=x.device, dtype=dot_dtype, memory_format=memory_format(lay)) if h else None
+    if x.numel() == 0 or (pool_part is None and z0 is None):
+        return pool_part, z0
+    z_strides = hw_strides(z0) if z0 is not None else (0, 0, 0)
+    out = z0 if z0 is not None else pool_part  # stands in for the pointers the kernel does not read
+    pool_reduce_kernel[plan.grid](
+        x,
+        w if w is not None else out,
+        b if b is not None else out,
+        out,
+        pool_part if pool_part is not None else out,
+        C,
+        H * W,
+        h,
+        lay.stride_n,
+        lay.stride_c,
+        lay.stride_hw,
+        *z_strides,
+        plan.hw_blocks,
+        POOL=pool,
+        REDUCE=z0 is not None,
+        **plan.meta,
+    )
+    return pool_part, z0
