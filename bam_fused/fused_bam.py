@@ -97,8 +97,6 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
 
     if module.gate_backend == "reference" or not triton_can_run(x):
         return "the kernels cannot run here"
-    if torch.compiler.is_compiling():
-        return "torch.compile traces the per-op path (inductor fuses the branches itself)"
     if torch.jit.is_tracing():
         return "torch.jit.trace records aten ops"
     if x.dtype not in FLOAT_DTYPES:
@@ -440,7 +438,7 @@ def _call_info(module, x: torch.Tensor, branches: _Branches, keep: bool) -> _Cal
             first.num_batches_tracked.add_(1)
         shape = (N, first.num_features) + (() if isinstance(first, nn.BatchNorm1d) else (H, W))
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
-    autocast = torch.is_autocast_enabled(x.device.type)
+    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
     branch_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     bn_calls = {call.module: call for call in _batch_norm_calls(branches, keep)}
     return _Call(branches, bn_calls, module.combine, branch_dtype, autocast)

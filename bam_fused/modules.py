@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .common import BACKENDS, BRANCHES, COMBINES, VARIANT_COMBINE, VARIANTS
+from .fused_bam import fused_bam, fused_path_blocker
 from .ops import bam_gate
 
 
@@ -172,10 +173,9 @@ class FusedBAM(BAM):
         return f"{super().extra_repr()}, backend={self.gate_backend!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .fused_bam import fused_bam, fused_path_blocker
-
         self._check_input(x)
-        if fused_path_blocker(self, x) is None:
+        # Under torch.compile the per-op path is traced (the check below would be too).
+        if not torch.compiler.is_compiling() and fused_path_blocker(self, x) is None:
             return fused_bam(self, x)
         return super().forward(x)
 

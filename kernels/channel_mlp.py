@@ -26,10 +26,9 @@ import triton
 import triton.language as tl
 
 from ..common import next_pow2
-from .layout import dot_precision, tl_dtype
+from .dot import MIN_DOT, dot, dot_meta
+from .layout import tl_dtype
 
-# tl.dot needs every dimension ≥ 16 on a GPU.
-MIN_DOT = 16
 # The batch and the hidden width live in registers: [BLOCK_N × BLOCK_H] up to this many values.
 MAX_BATCH_TILE = 16384
 MLP_WARPS = 8
@@ -59,8 +58,8 @@ def _bn_stats(u, mask, N, BATCH: tl.constexpr, rm_ptr, rv_ptr, idx, idx_mask, CO
 def _bn_update_running(rm_ptr, rv_ptr, idx, idx_mask, mean, var, momentum, N):
     """running ← (1 − momentum)·running + momentum·batch, the variance unbiased, as nn.BatchNorm."""
     var = var * N / (N - 1)
-    rm = tl.load(rm_ptr + idx, mask=idx_mask, other=0.0)
-    rv = tl.load(rv_ptr + idx, mask=idx_mask, other=0.0)
+    rm = tl.load(rm_ptr + idx, mask=idx_mask, other=0.0).to(mean.dtype)
+    rv = tl.load(rv_ptr + idx, mask=idx_mask, other=0.0).to(mean.dtype)
     tl.store(rm_ptr + idx, ((1.0 - momentum) * rm + momentum * mean).to(rm_ptr.dtype.element_ty), mask=idx_mask)
     tl.store(rv_ptr + idx, ((1.0 - momentum) * rv + momentum * var).to(rv_ptr.dtype.element_ty), mask=idx_mask)
 
@@ -115,7 +114,9 @@ def channel_mlp_fwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BRANCH: tl.constexpr,  # the branch's dtype (autocast's, or x's)
+    DOT: tl.constexpr,  # kernels.dot's constexprs (DOT is BRANCH)
     PRECISION: tl.constexpr,
+    EMULATE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     n = tl.arange(0, BLOCK_N)
@@ -131,7 +132,7 @@ def channel_mlp_fwd_kernel(
         c_mask = c < C
         p = tl.load(p_ptr + n[:, None] * C + c[None, :], mask=n_mask[:, None] & c_mask[None, :], other=0.0)
         w1t = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
-        u1 = tl.dot(p.to(BRANCH), w1t.to(BRANCH), acc=u1, input_precision=PRECISION, out_dtype=COMPUTE)
+        u1 = dot(p, w1t, u1, DOT, PRECISION, EMULATE)
     u1 = _round(u1 + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, COMPUTE)
     mean1, var1 = _bn_stats(u1, nj_mask, N, BN1_BATCH, bn1_rm_ptr, bn1_rv_ptr, j, j_mask, COMPUTE)
     invstd1 = 1.0 / tl.sqrt(var1 + eps1)
@@ -153,7 +154,7 @@ def channel_mlp_fwd_kernel(
         c_mask = c < C
         nc_mask = n_mask[:, None] & c_mask[None, :]
         w2t = tl.load(w2_ptr + c[None, :] * h + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
-        u2 = tl.dot(a1.to(BRANCH), w2t.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        u2 = dot(a1, w2t, tl.zeros([BLOCK_N, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         u2 = _round(u2 + tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, COMPUTE)
         nc = n[:, None] * C + c[None, :]
         if HAS_BNC:
@@ -205,7 +206,9 @@ def channel_mlp_bwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BRANCH: tl.constexpr,
+    DOT: tl.constexpr,
     PRECISION: tl.constexpr,
+    EMULATE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     n = tl.arange(0, BLOCK_N)
@@ -236,14 +239,14 @@ def channel_mlp_bwd_kernel(
             tl.store(grad_ptr + g_bnc_w_offset + c, g_gamma2.to(grad_ty), mask=c_mask)
             tl.store(grad_ptr + g_bnc_b_offset + c, g_beta2.to(grad_ty), mask=c_mask)
         g_u2 = tl.where(nc_mask, g_u2, 0.0)
-        g_w2 = tl.dot(tl.trans(g_u2).to(BRANCH), a1.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        g_w2 = dot(tl.trans(g_u2), a1, tl.zeros([BLOCK_C, BLOCK_H], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         w2_offs = c[:, None] * h + j[None, :]
         w2_mask = c_mask[:, None] & j_mask[None, :]
         tl.store(grad_ptr + g_w2_offset + w2_offs, _round(g_w2, BRANCH, COMPUTE).to(grad_ty), mask=w2_mask)
         g_b2 = _round(tl.sum(g_u2, axis=0), BRANCH, COMPUTE)
         tl.store(grad_ptr + g_b2_offset + c, g_b2.to(grad_ty), mask=c_mask)
         w2 = tl.load(w2_ptr + w2_offs, mask=w2_mask, other=0.0)
-        g_a1 = tl.dot(g_u2.to(BRANCH), w2.to(BRANCH), acc=g_a1, input_precision=PRECISION, out_dtype=COMPUTE)
+        g_a1 = dot(g_u2, w2, g_a1, DOT, PRECISION, EMULATE)
 
     # ReLU and BN1.
     g_a1 = tl.where(a1 > 0.0, _round(g_a1, BRANCH, COMPUTE), 0.0)
@@ -267,12 +270,12 @@ def channel_mlp_bwd_kernel(
         nc_mask = n_mask[:, None] & c_mask[None, :]
         nc = n[:, None] * C + c[None, :]
         p = tl.load(p_ptr + nc, mask=nc_mask, other=0.0)
-        g_w1 = tl.dot(tl.trans(g_u1).to(BRANCH), p.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        g_w1 = dot(tl.trans(g_u1), p, tl.zeros([BLOCK_H, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         w1_offs = j[:, None] * C + c[None, :]
         w1_mask = j_mask[:, None] & c_mask[None, :]
         tl.store(grad_ptr + g_w1_offset + w1_offs, _round(g_w1, BRANCH, COMPUTE).to(grad_ty), mask=w1_mask)
         w1 = tl.load(w1_ptr + w1_offs, mask=w1_mask, other=0.0)
-        g_p = tl.dot(g_u1.to(BRANCH), w1.to(BRANCH), input_precision=PRECISION, out_dtype=COMPUTE)
+        g_p = dot(g_u1, w1, tl.zeros([BLOCK_N, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         tl.store(gmc_ptr + nc, g_p.to(gmc_ptr.dtype.element_ty), mask=nc_mask)
 
 
@@ -305,7 +308,7 @@ def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.d
             "BLOCK_H": block_h,
             "BLOCK_C": block_c,
             "BRANCH": tl_dtype(branch_dtype),
-            "PRECISION": dot_precision(branch_dtype),
+            **dot_meta(branch_dtype),
             "COMPUTE": tl_dtype(compute),
             "num_warps": MLP_WARPS,
         },

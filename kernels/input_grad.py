@@ -20,25 +20,26 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, compute_dtype, next_pow2
+from .dot import MIN_DOT, dot, dot_meta
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
 from .layout import (
     NUM_WARPS,
-    dot_precision,
     hw_strides,
     layout_of,
     like_layout,
     multiprocessor_count,
     tl_compute_dtype,
-    tl_dtype,
 )
 
-MIN_DOT = 16
-# Channels per program and positions per chunk.
+# Channels per program, and positions per chunk for 2-byte x (half that for 4- and 8-byte x,
+# whose fp32 tl.dot runs on FMA units with more registers: 64 spilled on sm_90).
 BLOCK_C = 64
 BLOCK_P = 64
 # Programs per SM the position split aims for (each split adds h·C partial sums).
 PROGRAMS_PER_SM = 2
 REDUCE_BLOCK = 1024
+# Eight warps: a [64 × 64] tile of each of g, x, s and gx at once needs them (four spill in fp32).
+INPUT_GRAD_WARPS = 8
 
 
 @triton.jit
@@ -77,8 +78,9 @@ def input_grad_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_H: tl.constexpr,  # h padded to a power of 2 ≥ 16
-    DOT: tl.constexpr,  # the convolution's dtype (autocast's, or x's)
+    DOT: tl.constexpr,  # the convolution's dtype (autocast's, or x's): kernels.dot's constexprs
     PRECISION: tl.constexpr,
+    EMULATE: tl.constexpr,
     INT64: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
@@ -92,7 +94,6 @@ def input_grad_kernel(
     if HAS_REDUCE:
         # Wrᵀ for this program's channels, loaded once: [BLOCK_C × BLOCK_H].
         wt = tl.load(w_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
-        wt = wt.to(DOT)
     gw = tl.zeros([BLOCK_H, BLOCK_C], dtype=COMPUTE)
     gb = tl.zeros([BLOCK_H], dtype=COMPUTE)
     start = pid_s * per_split
@@ -124,9 +125,9 @@ def input_grad_kernel(
         if HAS_REDUCE:
             z_offs = n[None, :] * z_stride_n + j[:, None] * z_stride_c + hw[None, :] * z_stride_hw
             gz = tl.load(gz_ptr + z_offs, mask=j_mask[:, None] & q_mask[None, :], other=0.0)
-            gx = tl.dot(wt, gz.to(DOT), acc=gx, input_precision=PRECISION, out_dtype=COMPUTE)
+            gx = dot(wt, gz, gx, DOT, PRECISION, EMULATE)
             x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-            gw = tl.dot(gz.to(DOT), tl.trans(x.to(DOT)), acc=gw, input_precision=PRECISION, out_dtype=COMPUTE)
+            gw = dot(gz, tl.trans(x), gw, DOT, PRECISION, EMULATE)
             gb += tl.sum(gz.to(COMPUTE), axis=1)
         tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
     if HAS_REDUCE:
@@ -184,10 +185,11 @@ def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGr
     N, C, H, W = shape
     total = N * H * W
     c_blocks = cdiv(C, BLOCK_C)
-    chunks = cdiv(total, BLOCK_P)
+    block_p = BLOCK_P if dtype.itemsize <= 2 else BLOCK_P // 2
+    chunks = cdiv(total, block_p)
     # Enough programs to fill the GPU, each split at least one chunk.
     splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * multiprocessor_count(device), c_blocks)))
-    per_split = cdiv(chunks, splits) * BLOCK_P
+    per_split = cdiv(chunks, splits) * block_p
     splits = cdiv(total, per_split) if total else 0
     gb_part_offset = splits * h * C
     return InputGradPlan(
@@ -199,13 +201,12 @@ def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGr
         gb_part_offset=gb_part_offset,
         meta={
             "BLOCK_C": BLOCK_C,
-            "BLOCK_P": BLOCK_P,
+            "BLOCK_P": block_p,
             "BLOCK_H": max(MIN_DOT, next_pow2(h)),
-            "DOT": tl_dtype(dot_dtype),
-            "PRECISION": dot_precision(dot_dtype),
+            **dot_meta(dot_dtype),
             "INT64": layout_of(shape, strides).int64,
             "COMPUTE": tl_compute_dtype(dtype),
-            "num_warps": NUM_WARPS,
+            "num_warps": INPUT_GRAD_WARPS,
         },
         reduce_grid=(cdiv(h * C, REDUCE_BLOCK) + 1,),
     )

@@ -99,12 +99,6 @@ def tl_compute_dtype(dtype: torch.dtype):
     return TL_DTYPES[compute_dtype(dtype)]
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot``'s input_precision for operands of ``dtype``: "ieee" for fp32 and fp64, which a GPU
-    would otherwise round to TF32 (the interpreter is exact either way); half types ignore it."""
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
-
-
 def memory_format(lay: GateLayout) -> torch.memory_format:
     """The memory format of a map laid out as ``lay``, for tensors that follow x's."""
     return torch.channels_last if lay.channels_last else torch.contiguous_format

@@ -18,14 +18,14 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, compute_dtype, next_pow2
-from .layout import NUM_WARPS, dot_precision, hw_strides, layout_of, memory_format, tl_compute_dtype, tl_dtype
+from .dot import MIN_DOT, dot, dot_meta
+from .layout import NUM_WARPS, hw_strides, layout_of, memory_format, tl_compute_dtype
 
-# Positions per program, at most, and channels per chunk: a [64 × 64] tile of x with a
-# [h × 64] accumulator stays in registers for h up to 64 (C = 1024, r = 16).
+# Positions per program, at most, and channels per chunk for 2-byte x (half that for wider x):
+# a [64 × 64] tile of x with an [h × 64] accumulator stays in registers for h up to 64
+# (C = 1024, r = 16); fp32 spilled at 64 channels on sm_90.
 MAX_BLOCK_HW = 64
 BLOCK_C = 64
-# tl.dot needs every dimension ≥ 16 on a GPU (the interpreter takes any).
-MIN_DOT = 16
 
 
 @triton.jit
@@ -50,8 +50,9 @@ def pool_reduce_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_H: tl.constexpr,  # h padded to a power of 2 ≥ 16
-    DOT: tl.constexpr,  # the convolution's input dtype (autocast's, or x's)
-    PRECISION: tl.constexpr,  # tl.dot's input_precision: "ieee" keeps fp32 exact on a GPU
+    DOT: tl.constexpr,  # the convolution's input dtype (autocast's, or x's): kernels.dot's constexprs
+    PRECISION: tl.constexpr,
+    EMULATE: tl.constexpr,
     INT64: tl.constexpr,  # 64-bit offsets
     COMPUTE: tl.constexpr,  # float32, or float64 for gradcheck
 ):
@@ -77,7 +78,7 @@ def pool_reduce_kernel(
             tl.store(pool_ptr + (n * hw_blocks + pid_hw) * C + c, col, mask=c_mask)
         if REDUCE:
             w = tl.load(w_ptr + j[:, None] * C + c[None, :], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
-            z = tl.dot(w.to(DOT), x.to(DOT), acc=z, input_precision=PRECISION, out_dtype=COMPUTE)
+            z = dot(w, x, z, DOT, PRECISION, EMULATE)
     if REDUCE:
         z += tl.load(b_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[:, None]
         z_offs = n * z_stride_n + j[:, None] * z_stride_c + hw[None, :] * z_stride_hw
@@ -105,11 +106,10 @@ def pool_reduce_plan(
         grid=(N * hw_blocks,),
         hw_blocks=hw_blocks,
         meta={
-            "BLOCK_C": BLOCK_C,
+            "BLOCK_C": BLOCK_C if dtype.itemsize <= 2 else BLOCK_C // 2,
             "BLOCK_HW": block_hw,
             "BLOCK_H": block_h,
-            "DOT": tl_dtype(dot_dtype),
-            "PRECISION": dot_precision(dot_dtype),
+            **dot_meta(dot_dtype),
             "INT64": layout_of(shape, strides).int64,
             "COMPUTE": tl_compute_dtype(dtype),
             "num_warps": NUM_WARPS,

@@ -13,6 +13,7 @@ vectorises. Runs with TRITON_INTERPRET unset (the interpreter has no compiler).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
+
+import torch
 
 from ..common import DTYPES, GATE_MODES, RESNET50_BAM_SHAPES, interpreter_requested
 
@@ -48,40 +51,70 @@ class KernelReport:
     spill_bytes: int
     shared_bytes: int
     async_copies_128: int  # 16-byte cp.async: loads the pipeliner routes through shared memory
+    stores_bulk: bool = True  # writes a tensor of x's size (the module's stage one writes only partials)
 
     @property
     def wide(self) -> bool:
-        """All bulk traffic 128-bit: at least one 128-bit load (or 16-byte cp.async) and store."""
-        return (self.loads_128 > 0 or self.async_copies_128 > 0) and self.stores_128 > 0
+        """All bulk traffic 128-bit: at least one 128-bit load (or 16-byte cp.async), and a 128-bit
+        store where the kernel writes a tensor of x's size."""
+        return (self.loads_128 > 0 or self.async_copies_128 > 0) and (self.stores_128 > 0 or not self.stores_bulk)
 
 
-def _specialise(fn, args: dict, constexprs: dict, ptr_types: dict):
-    """Signature, constants and attributes as a real launch would give for these argument values."""
+# Triton's names for the pointer types of a signature.
+_POINTER_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64", "int64": "i64"}
+
+
+@contextlib.contextmanager
+def captured_launches():
+    """Launches are recorded, not run: ``[(kernel, args, kwargs), ...]`` of every ``kernel[grid](...)``
+    inside the ``with``. The launchers then run on meta tensors, so the report compiles what a real
+    launch passes (and shows that no launch depends on tensor values)."""
+    from triton.runtime.jit import JITFunction
+
+    launches = []
+    original = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        launches.append((self, args, kwargs))
+
+    JITFunction.run = record
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+def _specialise(fn, args: tuple, kwargs: dict):
+    """Signature, constants and attributes as a real launch would give for these arguments:
+    tensors are pointers (16-byte aligned, as PyTorch allocates), integers equal to 1 become
+    constants and multiples of 16 are marked so, as Triton's launcher does."""
     from triton.backends.compiler import BaseBackend
 
+    values = dict(zip(fn.arg_names, args)) | {k: v for k, v in kwargs.items() if k in fn.arg_names}
     signature, consts, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
+        value = values[name]
+        if i in fn.constexprs:
             signature[name] = "constexpr"
-            consts[name] = constexprs[name]
-        elif name in ptr_types:
-            signature[name] = "*" + ptr_types[name]
+            consts[name] = value
+        elif hasattr(value, "data_ptr"):
+            signature[name] = "*" + _POINTER_TYPES[str(value.dtype).removeprefix("torch.")]
             attrs[(i,)] = BaseBackend.parse_attr("D")
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        elif value == 1:
+            signature[name] = "constexpr"
+            consts[name] = 1
         else:
-            value = args[name]
-            if value == 1:
-                signature[name] = "constexpr"
-                consts[name] = 1
-            else:
-                signature[name] = "i32"
-                if value % 16 == 0:
-                    attrs[(i,)] = BaseBackend.parse_attr("D")
+            signature[name] = "i32"
+            if value % 16 == 0:
+                attrs[(i,)] = BaseBackend.parse_attr("D")
     return signature, consts, attrs
 
 
-def _block_label(meta: dict) -> str:
-    """The block constexprs in the kernel's order (the last one is the contiguous axis), and warps."""
-    return "x".join(str(v) for k, v in meta.items() if k.startswith("BLOCK")) + f"/w{meta['num_warps']}"
+def _block_label(kwargs: dict) -> str:
+    """A launch's block constexprs in the kernel's order, and its warps."""
+    return "x".join(str(v) for k, v in kwargs.items() if k.startswith("BLOCK")) + f"/w{kwargs['num_warps']}"
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
@@ -117,109 +150,102 @@ def _count(ptx: str, kind: str) -> tuple[int, int]:
     return wide, total
 
 
+def _gate_launches(dtype: torch.dtype, channels_last: bool, bwd_stages: int | None) -> list:
+    """(mode, kernel, args, kwargs) of the gate's launches at bam1's map, per mode: forward, the
+    backward's two stages (the reduction once: it does not depend on the mode)."""
+    from .gate_bwd import bwd_config, gate_bwd
+    from .gate_fwd import gate_fwd
+
+    x = torch.empty((N, C, H, W), device="meta", dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    config = bwd_config(N, C, H * W, channels_last, dtype.itemsize, NUM_SMS)
+    if bwd_stages is not None:
+        config = config._replace(num_stages=bwd_stages)
+    jobs = []
+    for mode, (combine, has_mc, has_ms) in GATE_MODES.items():
+        mc = torch.empty(N, C, device="meta", dtype=dtype) if has_mc else None
+        ms = torch.empty(N, H, W, device="meta", dtype=dtype) if has_ms else None
+        with captured_launches() as launches:
+            gate_fwd(x, mc, ms, combine=combine, residual=True)
+            gate_bwd(torch.empty_like(x), x, mc, ms, combine=combine, residual=True, config=config)
+        jobs += [(mode, *launch) for launch in launches if mode == "sum" or "reduce" not in launch[0].__name__]
+    return jobs
+
+
+def _module_launches(dtype: torch.dtype, channels_last: bool) -> list:
+    """(variant, kernel, args, kwargs) of every launch of one FusedBAM training step (bam1's map,
+    train mode), per variant."""
+    from bam_fused import FusedBAM
+    from bam_fused.fused_bam import fused_bam
+
+    jobs = []
+    for variant in ("paper", "official"):
+        module = FusedBAM(C, variant=variant).to(device="meta", dtype=dtype)
+        x = torch.empty((N, C, H, W), device="meta", dtype=dtype, requires_grad=True)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        with captured_launches() as launches:
+            fused_bam(module, x).backward(torch.empty_like(x))
+        # The gate's own launches are reported above; the module's stage one skips gx.
+        module_kernels = ("pool_reduce", "channel_mlp", "input_grad", "gate_bwd_kernel")
+        jobs += [(variant, *launch) for launch in launches if launch[0].__name__.startswith(module_kernels)]
+    return jobs
+
+
 def compile_kernels(
     arch: int, dtype: str, channels_last: bool, ptx_dir: str | None = None, bwd_stages: int | None = None
 ) -> list[KernelReport]:
-    """Compile forward and backward in every mode for ``arch`` (e.g. 90) and report on each;
-    ``bwd_stages`` overrides the backward's num_stages (its walk prefetched through cp.async)."""
-    import torch
+    """Compile the gate's kernels in every mode and the fused module's in both variants, as their
+    launchers launch them on bam1's map, for ``arch`` (e.g. 90), and report on each;
+    ``bwd_stages`` overrides the gate backward's num_stages (its walk prefetched through cp.async)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..common import compute_dtype
-    from .gate_bwd import bwd_config, bwd_plan, gate_bwd_kernel, gate_bwd_reduce_kernel
-    from .gate_fwd import fwd_plan, gate_fwd_kernel
-    from .gate_math import COMBINE_CODES
-
     torch_dtype = DTYPES[dtype]
-    compute = next(k for k, v in DTYPES.items() if v == compute_dtype(torch_dtype))
     layout = "channels_last" if channels_last else "nchw"
     target = GPUTarget("cuda", arch, 32)
-    x = torch.empty((N, C, H, W), device="meta", dtype=torch_dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    bcfg = bwd_config(N, C, H * W, channels_last, torch_dtype.itemsize, NUM_SMS)
-    if bwd_stages is not None:
-        bcfg = bcfg._replace(num_stages=bwd_stages)
-    # The launchers' own plans: the scalar arguments and block constexprs a real launch passes.
-    fplan, bplan = fwd_plan(x), bwd_plan(x, bcfg)
-    fwd_ptrs = {"x_ptr": dtype, "mc_ptr": dtype, "ms_ptr": dtype, "y_ptr": dtype}
-    bwd_ptrs = {
-        "g_ptr": dtype,
-        "x_ptr": dtype,
-        "mw_ptr": dtype,
-        "mf_ptr": dtype,
-        "gx_ptr": dtype,
-        "part_ptr": compute,
-    }
-    reduce_ptrs = {"part_ptr": compute, "gmc_ptr": dtype, "gms_ptr": dtype}
-    # g with x's strides, as a training step hands it over.
-    bwd_args = (*bplan.args, *bplan.args[2:], *bplan.args_after_g)
+    jobs = _gate_launches(torch_dtype, channels_last, bwd_stages)
+    if torch_dtype != torch.float64:  # fp64 is for gradcheck of the gate alone
+        jobs += _module_launches(torch_dtype, channels_last)
     reports = []
-    for mode, (combine, has_mc, has_ms) in GATE_MODES.items():
-        has_mw, has_mf = (has_mc, has_ms) if bplan.walk_is_c else (has_ms, has_mc)
-        common = {"COMBINE": COMBINE_CODES[combine], "RESIDUAL": True}
-        jobs = [
-            (
-                "gate_fwd_kernel",
-                gate_fwd_kernel,
-                fplan.meta,
-                fplan.args,
-                fwd_ptrs,
-                {"HAS_MC": has_mc, "HAS_MS": has_ms},
-            ),
-            (
-                "gate_bwd_kernel",
-                gate_bwd_kernel,
-                bplan.meta,
-                bwd_args,
-                bwd_ptrs,
-                {"HAS_MW": has_mw, "HAS_MF": has_mf},
-            ),
-        ]
-        if mode == "sum":  # stage two of the backward does not depend on the mode
-            reduce_args = (*bplan.reduce_args, bplan.reduce_programs[0])
-            flags = {"HAS_MC": has_mc, "HAS_MS": has_ms}
-            jobs.append(
-                ("gate_bwd_reduce_kernel", gate_bwd_reduce_kernel, bplan.reduce_meta, reduce_args, reduce_ptrs, flags)
+    for mode, fn, args, kwargs in jobs:
+        name = fn.__name__
+        stores_bulk = kwargs.get("STORE_GX", True)
+        if not stores_bulk:
+            mode = f"{mode}, no gx"
+        signature, consts, attrs = _specialise(fn, args, kwargs)
+        src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        compiled = triton.compile(src, target=target, options=options)
+        ptx = compiled.asm["ptx"]
+        if ptx_dir:
+            os.makedirs(ptx_dir, exist_ok=True)
+            label = mode.replace(" ", "").replace("(", "-").replace(")", "")
+            with open(os.path.join(ptx_dir, f"{name}-{label}-{dtype}-{layout}-sm_{arch}.ptx"), "w") as f:
+                f.write(ptx)
+        loads_128, loads = _count(ptx, "ld")
+        stores_128, stores = _count(ptx, "st")
+        regs, spills = _ptxas_report(ptx, arch)
+        reports.append(
+            KernelReport(
+                name,
+                mode,
+                dtype,
+                layout,
+                _block_label(kwargs),
+                loads_128,
+                loads,
+                stores_128,
+                stores,
+                regs,
+                spills,
+                compiled.metadata.shared,
+                len(_ASYNC_COPY_128.findall(ptx)),
+                stores_bulk,
             )
-        for name, fn, meta, scalars, ptrs, flags in jobs:
-            constexprs = {k: v for k, v in meta.items() if k != "num_warps"} | flags
-            if name == "gate_fwd_kernel":
-                constexprs |= common
-            elif name == "gate_bwd_kernel":
-                constexprs |= common | {"STORE_GX": True}
-            scalar_names = [a for a in fn.arg_names if a not in ptrs and a not in constexprs]
-            args = dict(zip(scalar_names, scalars, strict=True))
-            signature, consts, attrs = _specialise(fn, args, constexprs, ptrs)
-            src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
-            compiled = triton.compile(src, target=target, options={"num_warps": meta["num_warps"]})
-            ptx = compiled.asm["ptx"]
-            if ptx_dir:
-                os.makedirs(ptx_dir, exist_ok=True)
-                with open(os.path.join(ptx_dir, f"{name}-{mode}-{dtype}-{layout}-sm_{arch}.ptx"), "w") as f:
-                    f.write(ptx)
-            loads_128, loads = _count(ptx, "ld")
-            stores_128, stores = _count(ptx, "st")
-            regs, spills = _ptxas_report(ptx, arch)
-            reports.append(
-                KernelReport(
-                    name,
-                    mode,
-                    dtype,
-                    layout,
-                    _block_label(meta),
-                    loads_128,
-                    loads,
-                    stores_128,
-                    stores,
-                    regs,
-                    spills,
-                    compiled.metadata.shared,
-                    len(_ASYNC_COPY_128.findall(ptx)),
-                )
-            )
+        )
     return reports
 
 
@@ -240,12 +266,12 @@ def main(argv=None) -> int:
         print(json.dumps([asdict(r) | {"wide": r.wide} for r in reports], indent=1))
         return 0
     print(
-        f"{'kernel':<23} {'mode':<13} {'dtype':<5} {'layout':<13} {'block':<14} "
+        f"{'kernel':<24} {'mode':<15} {'dtype':<5} {'layout':<13} {'block':<14} "
         f"{'ld128/ld':>8} {'st128/st':>8} {'cp.async':>8} {'regs':>5} {'spill':>5} {'smem':>6}  128-bit"
     )
     for r in reports:
         print(
-            f"{r.kernel:<23} {r.mode:<13} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
+            f"{r.kernel:<24} {r.mode:<15} {r.dtype:<5} {r.layout:<13} {r.block:<14} "
             f"{r.loads_128:>3}/{r.loads_total:<4} {r.stores_128:>3}/{r.stores_total:<4} {r.async_copies_128:>8} "
             f"{r.registers:>5} "
             f"{r.spill_bytes:>5} {r.shared_bytes:>6}  {'yes' if r.wide else 'NO'}"

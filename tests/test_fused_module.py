@@ -1,0 +1,303 @@
+"""FusedBAM's whole-module path (one autograd node) against eager BAM, and its fallbacks.
+
+Every test that compares runs the same steps on an eager ``BAM`` and a ``FusedBAM`` holding the
+same weights: two train steps, then an eval step, comparing outputs, x's gradient, every
+parameter's gradient and every buffer (running statistics, num_batches_tracked). On CPU the
+kernels run through the Triton interpreter. Uninitialised memory is NaN here (PyTorch's
+deterministic mode fills torch.empty), so an element a kernel forgets to write shows up.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bam_fused import BAM, FusedBAM
+from bam_fused.fused_bam import _FusedBAMFunction, fused_path_blocker
+from benchmarks.module_cost import module_cost
+
+# float64: the same math as eager in another order, compared directly (absolute, relative).
+TOL64 = (1e-9, 1e-9)
+# Other dtypes round where eager rounds, in another order (and the interpreter truncates where a GPU
+# rounds to nearest); BatchNorm over a few samples amplifies the last bits of small elements. So each
+# result is held against a float64 run of eager's weights: its relative L2 error must stay within
+# FACTOR times eager's own, plus a floor per dtype.
+FACTOR = 3.0
+FLOOR = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
+@pytest.fixture(autouse=True)
+def _poison_uninitialised_memory():
+    """torch.empty and friends return NaN (PyTorch's deterministic mode), so unwritten outputs fail."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _randomize(module: nn.Module) -> None:
+    """Non-trivial BN statistics and affine parameters, so eval mode is a real test."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.running_mean is not None:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+def _pair(dtype=torch.float32, device="cpu", **kwargs):
+    """(eager, fused) with the same weights."""
+    args = kwargs.pop("args", (16, 4))
+    eager = BAM(*args, **kwargs).to(device=device, dtype=dtype)
+    _randomize(eager)
+    fused = FusedBAM(*args, **kwargs, backend="triton").to(device=device, dtype=dtype)
+    fused.load_state_dict(eager.state_dict())
+    return eager, fused
+
+
+def _step(module, x, g, autocast_dtype=None):
+    """One forward and backward: (y, ∂L/∂x, {name: ∂L/∂param})."""
+    module.zero_grad(set_to_none=True)
+    xi = x.detach().clone().requires_grad_()
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        y = module(xi)
+    y.backward(g.to(y.dtype))
+    return y.detach(), xi.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+def _results(module, x, g, autocast_dtype=None) -> dict:
+    """name → tensor: y, x.grad, every parameter's gradient, every buffer after one step."""
+    y, gx, grads = _step(module, x, g, autocast_dtype)
+    out = {"y": y, "x.grad": gx} | {f"{k}.grad": v for k, v in grads.items()}
+    return out | {k: v.clone() for k, v in module.named_buffers()}
+
+
+def _close_to_exact(got, want, exact, dtype, name, layer_scale=0.0):
+    """got's error against the float64 ``exact`` within HALF_FACTOR of eager's (``want``), plus a
+    floor, relative to the larger of exact's norm and ``layer_scale``: the size this gradient (or,
+    for a bias whose exact gradient is 0 before a train-mode BN, its layer's weight gradient) had
+    in a train step. An eval-mode gradient can be orders of magnitude smaller, all of it bf16
+    rounding of a sum over N·H·W positions, for eager and fused alike."""
+    assert not torch.isnan(got).any() or torch.isnan(want).any(), f"{name}: NaN (an unwritten element)"
+    got, want, exact = got.double(), want.double(), exact.double()
+    scale = max(exact.norm() + (want - exact).norm(), layer_scale) + 1e-30
+    err_got, err_want = ((got - exact).norm() / scale).item(), ((want - exact).norm() / scale).item()
+    assert err_got <= FACTOR * err_want + FLOOR[dtype], f"{name}: error {err_got:.2e}, eager's {err_want:.2e}"
+
+
+def _check_steps(eager, fused, shape, dtype=torch.float32, layout=torch.contiguous_format, autocast_dtype=None):
+    """Two train steps then an eval step, each compared in full; the fused path must be taken. Below
+    float64 both are held against a float64 copy of eager (see FACTOR)."""
+    tol_dtype = autocast_dtype or dtype
+    exact = copy.deepcopy(eager).double() if tol_dtype != torch.float64 else None
+    sizes = {}  # name → the largest norm its exact value has had
+    for training in (True, True, False):
+        mode = "train" if training else "eval"
+        x = torch.randn(shape, dtype=dtype).contiguous(memory_format=layout) * 2
+        g = torch.randn(shape, dtype=dtype).contiguous(memory_format=layout)
+        assert fused_path_blocker(fused, x) is None
+        want, got = (_results(m.train(training), x, g, autocast_dtype) for m in (eager, fused))
+        assert got["y"].dtype == want["y"].dtype and got["y"].stride() == want["y"].stride(), mode
+        ref = _results(exact.train(training), x.double(), g.double()) if exact is not None else None
+        for name in want:
+            if want[name].dtype == torch.int64:  # num_batches_tracked
+                assert torch.equal(got[name], want[name]), f"{mode}: {name}"
+            elif ref is None:
+                torch.testing.assert_close(got[name], want[name], atol=TOL64[0], rtol=TOL64[1], msg=f"{mode}: {name}")
+            else:
+                sizes[name] = max(sizes.get(name, 0.0), ref[name].norm().item())
+        for name in want if ref is not None else ():
+            if want[name].dtype != torch.int64:
+                weight = name.replace(".bias.grad", ".weight.grad")
+                scale = max(sizes[name], sizes[weight])
+                _close_to_exact(got[name], want[name], ref[name], tol_dtype, f"{mode}: {name}", scale)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+@pytest.mark.parametrize("combine", [None, "sum", "product", "max"])
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_matches_eager_float64(variant, combine, layout):
+    """Both variants, every combine, both layouts, a ragged non-square map: fp64 agrees to ~1e-12."""
+    eager, fused = _pair(torch.float64, args=(24, 4), dilation_val=2, variant=variant, combine=combine)
+    _check_steps(eager, fused, (3, 24, 5, 7), torch.float64, layout)
+
+
+@pytest.mark.parametrize("reduction_ratio", [4, 16])
+@pytest.mark.parametrize("dilation_conv_num", [0, 1, 2])
+@pytest.mark.parametrize("branches", ["both", "channel", "spatial"])
+def test_branches_depths_and_widths(branches, dilation_conv_num, reduction_ratio):
+    """Each branch alone, 0 to 2 dilated convolutions, h = 2 to 8 (padded to 16 for tl.dot), fp32."""
+    eager, fused = _pair(
+        args=(32, reduction_ratio), dilation_conv_num=dilation_conv_num, dilation_val=1, branches=branches
+    )
+    _check_steps(eager, fused, (4, 32, 6, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_module(dtype):
+    """A module and x in a half type: every intermediate rounded where eager rounds it."""
+    eager, fused = _pair(dtype, variant="official")
+    _check_steps(eager, fused, (4, 16, 6, 6), dtype, torch.channels_last)
+
+
+def test_autocast_bfloat16():
+    """fp32 weights, fp32 x, bf16 autocast: the branches in bf16 as eager's autocast runs them."""
+    eager, fused = _pair()
+    _check_steps(eager, fused, (4, 16, 6, 5), torch.float32, autocast_dtype=torch.bfloat16)
+
+
+def test_batch_norm_options():
+    """momentum=None (cumulative average) and BNs that track no running statistics (fp64: the
+    biases before batch-statistics BNs have gradients that fp32 rounds to noise of ~1e-2 here)."""
+    eager, fused = _pair(torch.float64, variant="paper")
+    for module in (eager, fused):
+        gate_s = module.spatial_att.gate_s
+        gate_s.gate_s_bn_di_0.momentum = None
+        module.channel_att.gate_c.gate_c_bn_1.momentum = None
+        for name in ("gate_s_bn_reduce0", "gate_s_bn_final"):
+            bn = nn.BatchNorm2d(getattr(gate_s, name).num_features, track_running_stats=False)
+            setattr(gate_s, name, bn.double())
+        module.channel_att.gate_c.gate_c_bn_final = nn.BatchNorm1d(16, track_running_stats=False).double()
+    fused.load_state_dict(eager.state_dict())
+    _check_steps(eager, fused, (3, 16, 4, 4), torch.float64)
+
+
+def test_one_sample_in_training_fails_as_eager_does():
+    eager, fused = _pair()
+    x = torch.randn(1, 16, 4, 4)
+    errors = []
+    for module in (eager, fused):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as info:
+            module.train()(x)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    for b_e, b_f in zip(eager.buffers(), fused.buffers(), strict=True):
+        assert torch.equal(b_e, b_f)  # the same batches counted, nothing else moved
+    torch.testing.assert_close(fused.eval()(x), eager.eval()(x))  # eval mode takes one sample
+
+
+def test_one_autograd_node_and_only_x_saved_full_size():
+    eager, fused = _pair(args=(16, 4))
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        y = fused.train()(x)
+    assert type(y.grad_fn).__name__ == "_FusedBAMFunctionBackward"
+    assert [
+        fn for fn, _ in y.grad_fn.next_functions if fn is not None and "AccumulateGrad" not in type(fn).__name__
+    ] == []
+    assert sizes.count(x.numel()) == 1, sizes  # x itself, nothing else of its size
+
+
+def test_cost_counts():
+    """The cost the issue asks for (one train-mode fwd+bwd of FusedBAM(64) on 2×64×8×8, float32)."""
+    torch.use_deterministic_algorithms(False)  # the count must not include NaN fills
+    for variant in ("paper", "official"):
+        torch.manual_seed(0)
+        cost, ops = module_cost(FusedBAM(64, variant=variant).train(), torch.randn(2, 64, 8, 8, requires_grad=True))
+        assert cost.autograd_nodes == 1, cost
+        assert cost.full_size_operands <= 8 and cost.full_size_created <= 2, cost
+        assert cost.compute_calls <= 40 and cost.aten_calls <= 70, (cost, ops)
+        assert ops.count("detach") == len(list(FusedBAM(64, variant=variant).parameters())) + 1
+
+
+def test_deterministic():
+    _, fused = _pair()
+    x = torch.randn(3, 16, 7, 7)
+    g = torch.randn_like(x)
+    runs = []
+    for _ in range(2):
+        state = {k: v.clone() for k, v in fused.state_dict().items()}
+        runs.append(_step(fused.train(), x, g))
+        fused.load_state_dict(state)
+    (y1, gx1, gp1), (y2, gx2, gp2) = runs
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
+    assert all(torch.equal(gp1[k], gp2[k]) for k in gp1)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck_float64(training):
+    """The whole module's gradient in x and every parameter against finite differences."""
+    _, fused = _pair(torch.float64, args=(8, 4), dilation_val=1)
+    fused.train(training)
+    names = [n for n, _ in fused.named_parameters()]
+    x = torch.randn(3, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *params):
+        y = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
+        assert isinstance(y.grad_fn, _FusedBAMFunction._backward_cls)
+        return y
+
+    inputs = (x, *[p.detach().clone().requires_grad_() for p in fused.parameters()])
+    # fast_mode: random projections of the Jacobian, a few evaluations per input instead of one per element.
+    assert torch.autograd.gradcheck(fn, inputs, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_create_graph_is_exact():
+    """A gradient penalty through FusedBAM: the double backward matches eager's."""
+    eager, fused = _pair(torch.float64)
+    x = torch.randn(3, 16, 4, 5, dtype=torch.float64)
+    grads = []
+    for module in (eager, fused):
+        xi = x.clone().requires_grad_()
+        y = module.train()(xi)
+        (gx,) = torch.autograd.grad(y.square().sum(), xi, create_graph=True)
+        assert gx.requires_grad
+        module.zero_grad()
+        (y.sum() + gx.pow(2).sum()).backward()
+        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    for a, b in zip(*reversed(grads), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+def _fallback_case(change):
+    """``change`` applied to both modules; FusedBAM must take the per-op path and agree with eager."""
+    eager, fused = _pair()
+    change(eager)
+    change(fused)
+    x = torch.randn(3, 16, 5, 5)
+    assert fused_path_blocker(fused, x) is not None
+    g = torch.randn_like(x)
+    (y_e, gx_e, _), (y_f, gx_f, _) = _step(eager.train(), x, g), _step(fused.train(), x, g)
+    torch.testing.assert_close(y_f, y_e, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx_f, gx_e, atol=1e-5, rtol=1e-5)
+    xi = x.clone().requires_grad_()
+    assert not isinstance(fused(xi).grad_fn, _FusedBAMFunction._backward_cls)
+
+
+def test_fallback_for_hooks():
+    seen = []
+    _fallback_case(lambda m: m.spatial_att.gate_s.gate_s_conv_reduce0.register_forward_hook(lambda *a: seen.append(1)))
+    assert len(seen) == 3  # every forward ran the hooked convolution: eager once, FusedBAM twice
+
+
+def test_fallback_for_sync_batch_norm():
+    """After convert_sync_batchnorm the BNs are SyncBatchNorm: per-op path (eval here: SyncBatchNorm
+    trains only under torch.distributed)."""
+    eager, fused = _pair()
+    fused = nn.SyncBatchNorm.convert_sync_batchnorm(fused).eval()
+    x = torch.randn(2, 16, 4, 4)
+    assert "SyncBatchNorm" in fused_path_blocker(fused, x)
+    torch.testing.assert_close(fused(x), eager.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fallback_for_parameters_replaced_by_tensors():
+    def replace(m):
+        conv = m.spatial_att.gate_s.gate_s_conv_final
+        weight = conv.weight.detach().clone()
+        del conv.weight
+        conv.weight = weight
+
+    _fallback_case(replace)
+
+
+def test_inference_runs_without_a_node():
+    eager, fused = _pair()
+    x = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        y = fused.eval()(x)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, eager.eval()(x), atol=1e-5, rtol=1e-5)
