@@ -153,7 +153,7 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
     if backend == "triton" and not triton_can_run(x):
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
-            f"triton is imported); x is on {x.device}"
+            f"bam_fused.kernels is first imported); x is on {x.device}"
         )
     if backend == "triton" or (backend == "auto" and triton_can_run(x)):
         if torch.compiler.is_compiling():

@@ -33,6 +33,7 @@ from .layout import (
     NUM_WARPS,
     as_kernel_layout,
     dense,
+    launch_guard,
     layout_of,
     like_layout,
     multiprocessor_count,
@@ -313,38 +314,39 @@ def gate_bwd(
     mc, ms = dense(mc), dense(ms)
     plan = bwd_plan(x, config, force_int64)
     buf = out if out is not None else bwd_buffers(x, mc, ms, plan)
-    if x.numel():
-        mw, mf, gw_part, gf_part = (
-            (mc, ms, buf.gmc_part, buf.gms_part) if plan.walk_is_c else (ms, mc, buf.gms_part, buf.gmc_part)
-        )
-        gate_bwd_kernel[plan.grid](
-            g,
-            x,
-            mw if mw is not None else x,
-            mf if mf is not None else x,
-            buf.gx,
-            gw_part if mw is not None else buf.gx,
-            gf_part if mf is not None else buf.gx,
-            *plan.args,
-            COMBINE=COMBINE_CODES[combine],
-            HAS_MW=mw is not None,
-            HAS_MF=mf is not None,
-            RESIDUAL=residual,
-            **plan.meta,
-        )
-    gmc_programs = plan.reduce_programs[0] if mc is not None else 0
-    programs = gmc_programs + (plan.reduce_programs[1] if ms is not None else 0)
-    if programs:
-        some = buf.gmc if mc is not None else buf.gms
-        gate_bwd_reduce_kernel[(programs,)](
-            buf.gmc_part if mc is not None else some,
-            buf.gmc if mc is not None else some,
-            buf.gms_part if ms is not None else some,
-            buf.gms if ms is not None else some,
-            *plan.reduce_args,
-            gmc_programs,
-            HAS_MC=mc is not None,
-            HAS_MS=ms is not None,
-            **plan.reduce_meta,
-        )
+    with launch_guard(gate_bwd_kernel, x.device):  # stage one and two, one hold of the lock
+        if x.numel():
+            mw, mf, gw_part, gf_part = (
+                (mc, ms, buf.gmc_part, buf.gms_part) if plan.walk_is_c else (ms, mc, buf.gms_part, buf.gmc_part)
+            )
+            gate_bwd_kernel[plan.grid](
+                g,
+                x,
+                mw if mw is not None else x,
+                mf if mf is not None else x,
+                buf.gx,
+                gw_part if mw is not None else buf.gx,
+                gf_part if mf is not None else buf.gx,
+                *plan.args,
+                COMBINE=COMBINE_CODES[combine],
+                HAS_MW=mw is not None,
+                HAS_MF=mf is not None,
+                RESIDUAL=residual,
+                **plan.meta,
+            )
+        gmc_programs = plan.reduce_programs[0] if mc is not None else 0
+        programs = gmc_programs + (plan.reduce_programs[1] if ms is not None else 0)
+        if programs:
+            some = buf.gmc if mc is not None else buf.gms
+            gate_bwd_reduce_kernel[(programs,)](
+                buf.gmc_part if mc is not None else some,
+                buf.gmc if mc is not None else some,
+                buf.gms_part if ms is not None else some,
+                buf.gms if ms is not None else some,
+                *plan.reduce_args,
+                gmc_programs,
+                HAS_MC=mc is not None,
+                HAS_MS=ms is not None,
+                **plan.reduce_meta,
+            )
     return buf.gx, buf.gmc, buf.gms

