@@ -10,12 +10,70 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import torch
 
 from bam_fused import bam_gate
-from gate_cases import assert_close, make_inputs, reference64
+from bam_fused.common import LAYOUTS
+from gate_cases import MODES, assert_close, make_inputs, reference64
 
 SHAPE = (2, 6, 4, 5)
+# (mode, residual): every mode with the residual, and one without.
+GATE_CASES = [(mode, True) for mode in MODES] + [("product", False)]
+
+
+def _with_absent_maps(present, tensors):
+    """(x, mc, ms) from ``tensors`` (the ones present, in order), None where ``present`` is False."""
+    it = iter(tensors)
+    return tuple(next(it) if p else None for p in present)
+
+
+def _maps_apart(mc, ms, gap=1e-3):
+    """max is not differentiable at ties: finite differences need mc and ms well apart."""
+    if mc is not None and ms is not None:
+        assert (mc[:, :, None, None] - ms[:, None]).abs().min() > gap, "redraw: mc and ms too close for max"
+
+
+@pytest.mark.parametrize("binding", ["function", "custom_op"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("mode, residual", GATE_CASES)
+def test_gradgradcheck_float64(mode, residual, layout, binding, device):
+    """Second derivatives through the kernels' forward and backward (both bindings: the eager
+    autograd.Function and the custom op torch.compile sees) agree with finite differences."""
+    x, mc, ms, combine = make_inputs(
+        (2, 3, 2, 3), mode, torch.float64, channels_last=layout == "channels_last", device=device, scale=1.0
+    )
+    _maps_apart(mc, ms)
+    present = [t is not None for t in (x, mc, ms)]
+    inputs = [t.requires_grad_() for t in (x, mc, ms) if t is not None]
+
+    def gate(*tensors):
+        x, mc, ms = _with_absent_maps(present, tensors)
+        if binding == "custom_op":
+            return torch.ops.bam_fused.gate(x, mc, ms, combine, residual)
+        return bam_gate(x, mc, ms, combine=combine, residual=residual, backend="triton")
+
+    assert torch.autograd.gradgradcheck(gate, inputs, fast_mode=True)
+
+
+def _penalised_grads(x, mc, ms, combine, backend):
+    """Gradients of ``y.sum() + ‖∂(y.sum())/∂x‖²`` (a WGAN-GP / R1 style penalty) for x, mc, ms."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, mc, ms)]
+    y = bam_gate(*leaves, combine=combine, backend=backend)
+    (gx,) = torch.autograd.grad(y.sum(), leaves[0], create_graph=True)
+    (y.sum() + gx.pow(2).sum()).backward()
+    return [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_penalty_matches_reference(mode, layout, device):
+    x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float64, channels_last=layout == "channels_last", device=device)
+    fused = _penalised_grads(x, mc, ms, combine, "triton")
+    ref = _penalised_grads(x, mc, ms, combine, "reference")
+    for name, got, want in zip(("x", "mc", "ms"), fused, ref):
+        if want is not None:
+            assert_close(got, want.cpu(), f"grad of {name}")
 
 
 def test_threads_call_the_gate_at_once(device):
