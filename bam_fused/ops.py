@@ -134,6 +134,12 @@ class _GateFunction(torch.autograd.Function):
     backward = staticmethod(_backward_with(_gate_backward))
 
 
+def _transformed() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, …) or a forward-mode AD level is active:
+    its tensors are wrappers or carry tangents, which the kernels cannot read."""
+    return torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
+
+
 def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | None:
     """mc/ms: None or a floating tensor of shape ``want`` (or ``alt``), on x's device; returned
     as given (the kernels flatten it themselves, so autograd records no reshape)."""
@@ -192,7 +198,14 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
     if backend == "triton" or (backend == "auto" and triton_can_run(x)):
         if torch.compiler.is_compiling():
             return _gate_op(x, mc, ms, combine, bool(residual))
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
-            return _GateFunction.apply(x, mc, ms, combine, bool(residual))
-        return _gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
+        if not _transformed():
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
+                return _GateFunction.apply(x, mc, ms, combine, bool(residual))
+            return _gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
+        if backend == "triton":
+            raise RuntimeError(
+                "backend='triton' cannot run under torch.func transforms (vmap, grad, jvp, …) or forward-mode AD "
+                "(torch.autograd.forward_ad): the kernels read plain tensors, not their wrappers or tangents. "
+                "Use backend='auto' (it runs the reference there) or backend='reference'"
+            )
     return reference.bam_gate(x, *_reference_maps(x, mc, ms), combine, bool(residual))

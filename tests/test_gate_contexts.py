@@ -12,8 +12,9 @@ import threading
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
-from bam_fused import bam_gate
+from bam_fused import bam_gate, reference
 from bam_fused.common import LAYOUTS
 from gate_cases import MODES, assert_close, make_inputs, reference64
 
@@ -74,6 +75,56 @@ def test_gradient_penalty_matches_reference(mode, layout, device):
     for name, got, want in zip(("x", "mc", "ms"), fused, ref):
         if want is not None:
             assert_close(got, want.cpu(), f"grad of {name}")
+
+
+@pytest.mark.parametrize("maps_require_grad", [False, True], ids=["inference", "maps_require_grad"])
+@pytest.mark.parametrize("mode", ["sum", "product", "max", "spatial"])
+def test_forward_ad_dual_tensors(mode, maps_require_grad, device):
+    """torch.autograd.forward_ad: the output carries ẏ = ẋ·(1+s) + x·s(1−s)·ȧ (the reference's jvp)."""
+    x, mc, ms, combine = make_inputs(SHAPE, mode, torch.float64, device=device)
+    present = [t is not None for t in (x, mc, ms)]
+    primals = [t for t in (x, mc, ms) if t is not None]
+    tangents = [torch.randn_like(t) for t in primals]
+    if maps_require_grad:
+        for t in primals[1:]:
+            t.requires_grad_()
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+        y, y_dot = fwAD.unpack_dual(bam_gate(*_with_absent_maps(present, duals), combine=combine))
+    assert y_dot is not None, "the tangent was lost"
+    ref = lambda *tensors: reference.bam_gate(*_with_absent_maps(present, tensors), combine)
+    want, want_dot = torch.func.jvp(ref, tuple(p.detach() for p in primals), tuple(tangents))
+    assert_close(y, want.cpu(), "y")
+    assert_close(y_dot, want_dot.cpu(), "tangent")
+
+
+def test_torch_func_transforms_match_reference(device):
+    """jvp, vmap and grad of the gate (with the kernels' backend on this device) give the
+    reference's results; the kernels cannot read the transforms' wrappers, so the reference runs."""
+    x, mc, ms, combine = make_inputs(SHAPE, "product", torch.float64, device=device)
+    fused = lambda x, mc, ms: bam_gate(x, mc, ms, combine=combine)
+    ref = lambda x, mc, ms: reference.bam_gate(x, mc, ms, combine)
+    tangents = tuple(torch.randn_like(t) for t in (x, mc, ms))
+    for got, want in zip(torch.func.jvp(fused, (x, mc, ms), tangents), torch.func.jvp(ref, (x, mc, ms), tangents)):
+        torch.testing.assert_close(got, want)
+
+    batched = tuple(torch.stack([t, 2 * t, -t]) for t in (x, mc, ms))
+    torch.testing.assert_close(torch.func.vmap(fused)(*batched), torch.stack([ref(*b) for b in zip(*batched)]))
+
+    loss = lambda gate: lambda x, mc, ms: gate(x, mc, ms).square().sum()
+    got = torch.func.grad(loss(fused), argnums=(0, 1, 2))(x, mc, ms)
+    want = torch.func.grad(loss(ref), argnums=(0, 1, 2))(x, mc, ms)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_forced_triton_under_transforms_says_what_to_do(device):
+    x, mc, ms, _ = make_inputs(SHAPE, "sum", torch.float32, device=device)
+    forced = lambda x: bam_gate(x, mc, ms, backend="triton")
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run under torch.func.*backend='auto'"):
+        torch.func.vmap(forced)(x[None])
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD.*backend='reference'"):
+        forced(fwAD.make_dual(x, torch.randn_like(x)))
 
 
 def test_threads_call_the_gate_at_once(device):
