@@ -196,7 +196,8 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
             f"bam_fused.kernels is first imported); x is on {x.device}"
         )
     if backend == "triton" or (backend == "auto" and triton_can_run(x)):
-        if torch.compiler.is_compiling():
+        # torch.compile and torch.jit.trace record the custom op (the traced graph calls the kernels).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return _gate_op(x, mc, ms, combine, bool(residual))
         if not _transformed():
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):

@@ -127,6 +127,23 @@ def test_forced_triton_under_transforms_says_what_to_do(device):
         forced(fwAD.make_dual(x, torch.randn_like(x)))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the shape checks, baked in as constants
+def test_jit_trace_records_the_fused_op(device):
+    """torch.jit.trace records the bam_fused::gate custom op: the traced graph runs the kernels,
+    on other shapes too, and differentiates through them."""
+    x, mc, ms, _ = make_inputs(SHAPE, "max", torch.float32, device=device)
+    traced = torch.jit.trace(lambda x, mc, ms: bam_gate(x, mc, ms, combine="max", backend="triton"), (x, mc, ms))
+    assert "bam_fused::gate" in str(traced.graph)
+    x2, mc2, ms2, _ = make_inputs((3, 4, 2, 7), "max", torch.float32, device=device)
+    x2.requires_grad_()
+    y = traced(x2, mc2, ms2)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref, (gx_ref, _, _) = reference64(x2, mc2, ms2, "max", True, g)
+    assert_close(y, y_ref, "y")
+    assert_close(x2.grad, gx_ref, "gx")
+
+
 def test_threads_call_the_gate_at_once(device):
     """Several threads run forward and backward on different shapes at the same time: each gets
     its own right answer (under the interpreter the launches are serialised)."""

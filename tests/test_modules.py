@@ -148,6 +148,18 @@ def test_convert_to_fused(device):
     assert convert_to_fused(model) is model
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks, baked in as constants
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls", [BAM, FusedBAM])
+def test_jit_trace(cls, training, device):
+    """torch.jit.trace (whose check re-runs the model and compares graphs) gives the eager numbers."""
+    bam = cls(16, 4).to(device).train(training)
+    _randomize_bn(bam)
+    x = torch.randn(2, 16, 5, 4, device=device)
+    traced = torch.jit.trace(bam, x)
+    torch.testing.assert_close(traced(x), bam(x), atol=1e-5, rtol=1e-5)
+
+
 def test_constructor_errors():
     with pytest.raises(ValueError, match=r"gate_channel // reduction_ratio.*8 // 16 = 0"):
         BAM(8)
