@@ -16,7 +16,7 @@ import torch.autograd.forward_ad as fwAD
 
 from bam_fused import bam_gate, reference
 from bam_fused.common import LAYOUTS
-from gate_cases import MODES, assert_close, make_inputs, reference64
+from gate_cases import MODES, assert_close, assert_maps_apart, make_inputs, reference64
 
 SHAPE = (2, 6, 4, 5)
 # (mode, residual): every mode with the residual, and one without.
@@ -29,12 +29,6 @@ def _with_absent_maps(present, tensors):
     return tuple(next(it) if p else None for p in present)
 
 
-def _maps_apart(mc, ms, gap=1e-3):
-    """max is not differentiable at ties: finite differences need mc and ms well apart."""
-    if mc is not None and ms is not None:
-        assert (mc[:, :, None, None] - ms[:, None]).abs().min() > gap, "redraw: mc and ms too close for max"
-
-
 @pytest.mark.parametrize("binding", ["function", "custom_op"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("mode, residual", GATE_CASES)
@@ -44,7 +38,7 @@ def test_gradgradcheck_float64(mode, residual, layout, binding, device):
     x, mc, ms, combine = make_inputs(
         (2, 3, 2, 3), mode, torch.float64, channels_last=layout == "channels_last", device=device, scale=1.0
     )
-    _maps_apart(mc, ms)
+    assert_maps_apart(mc, ms)
     present = [t is not None for t in (x, mc, ms)]
     inputs = [t.requires_grad_() for t in (x, mc, ms) if t is not None]
 
