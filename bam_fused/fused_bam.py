@@ -97,6 +97,8 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
 
     if module.gate_backend == "reference" or not triton_can_run(x):
         return "the kernels cannot run here"
+    if type(module).attention_maps.__qualname__ != "BAM.attention_maps":
+        return f"{type(module).__name__} overrides attention_maps, which the fused path would not run"
     if torch.jit.is_tracing():
         return "torch.jit.trace records aten ops"
     if x.dtype not in FLOAT_DTYPES:

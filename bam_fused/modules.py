@@ -5,6 +5,8 @@ Submodule and parameter names are the released code's, so its checkpoints load s
 convolutions and the MLP stay in cuDNN/cuBLAS.
 """
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -72,10 +74,10 @@ class BAM(nn.Module):
     """Bottleneck Attention Module, eager PyTorch: ``F + F ⊗ σ(Mc(F) ⊕ Ms(F))``.
 
     Args:
-        gate_channel: C of the input (N, C, H, W).
-        reduction_ratio: r; the branches are C // r wide (must be ≥ 1).
-        dilation_conv_num: number of dilated 3×3 convolutions in the spatial branch.
-        dilation_val: their dilation d (and padding).
+        gate_channel: C of the input (N, C, H, W), ≥ 1.
+        reduction_ratio: r ≥ 1; the branches are C // r wide (must be ≥ 1).
+        dilation_conv_num: number of dilated 3×3 convolutions in the spatial branch, ≥ 0.
+        dilation_val: their dilation d (and padding), ≥ 1.
         variant: "paper" (final BNs, sum) or "official" (the released code: no final BNs, product).
         combine: "sum", "product" or "max"; None takes the variant's own.
         branches: "both", or "channel" / "spatial" alone (the paper's ablation).
@@ -99,6 +101,14 @@ class BAM(nn.Module):
             raise ValueError(f"combine must be one of {COMBINES} or None, got {combine!r}")
         if branches not in BRANCHES:
             raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}")
+        for name, value, least in (
+            ("gate_channel", gate_channel, 1),
+            ("reduction_ratio", reduction_ratio, 1),
+            ("dilation_conv_num", dilation_conv_num, 0),
+            ("dilation_val", dilation_val, 1),
+        ):
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
         if gate_channel // reduction_ratio < 1:
             raise ValueError(
                 f"gate_channel // reduction_ratio must be >= 1, got {gate_channel} // {reduction_ratio} = "
@@ -200,6 +210,15 @@ def _released_config(module: nn.Module) -> dict | None:
     }
 
 
+# What a BAM computes: a subclass that overrides either would lose it as a FusedBAM.
+_BAM_FORWARD_METHODS = ("forward", "attention_maps")
+
+
+def _overridden(module: BAM) -> list[str]:
+    """The methods of :data:`_BAM_FORWARD_METHODS` that ``module``'s class overrides."""
+    return [m for m in _BAM_FORWARD_METHODS if getattr(type(module), m) is not getattr(BAM, m)]
+
+
 def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
     if isinstance(module, FusedBAM):
         return None
@@ -231,16 +250,36 @@ def convert_to_fused(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace every BAM in ``model`` by a FusedBAM, in place, keeping weights, buffers and mode.
 
     Converts this package's ``BAM`` (sharing its parameters) and foreign modules laid out like
-    the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``: weights copied).
-    Returns ``model``, or the new FusedBAM when ``model`` itself is a BAM.
+    the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``: weights copied). A
+    subclass of BAM that overrides its ``forward`` (or ``attention_maps``) stays as it is, with a
+    warning naming it. A module registered under several names becomes one FusedBAM registered
+    under each. Returns ``model``, or the new FusedBAM when ``model`` itself is a BAM.
     """
-    root = _to_fused(model, backend)
-    if root is not None:
-        return root
-    for name, child in list(model.named_children()):
-        fused = _to_fused(child, backend)
-        if fused is not None:
-            setattr(model, name, fused)
-        else:
-            convert_to_fused(child, backend)
-    return model
+    done, kept = {}, []
+    converted = _convert(model, backend, "", done, kept)
+    for path, module in kept:
+        warnings.warn(
+            f"convert_to_fused left {path or 'the model'} ({type(module).__qualname__}) as it is: it overrides "
+            f"BAM.{' and BAM.'.join(_overridden(module))}, which a FusedBAM would not run",
+            stacklevel=2,
+        )
+    return converted
+
+
+def _convert(module: nn.Module, backend: str, path: str, done: dict, kept: list) -> nn.Module:
+    """``module``'s replacement, or ``module`` with its children converted in place. ``done`` maps
+    each module met to what it became (its keys keep the originals alive, so no id is reused);
+    ``kept`` collects (path, module) of the BAM subclasses left as they are."""
+    if module in done:
+        return done[module]
+    keep = isinstance(module, BAM) and not isinstance(module, FusedBAM) and _overridden(module)
+    if keep:
+        kept.append((path, module))
+    fused = None if keep else _to_fused(module, backend)
+    done[module] = fused if fused is not None else module
+    if fused is None:
+        for name, child in list(module.named_children()):
+            new = _convert(child, backend, f"{path}.{name}" if path else name, done, kept)
+            if new is not child:
+                setattr(module, name, new)
+    return done[module]

@@ -73,13 +73,52 @@ def _setup_context(ctx, inputs, output):
     ctx.residual = residual
 
 
-def _backward(ctx, grad):
-    x, mc, ms = ctx.saved_tensors
-    gx, gmc, gms = _gate_backward_op(grad, x, mc, ms, ctx.combine, ctx.residual)
-    return gx, (gmc if mc is not None else None), (gms if ms is not None else None), None, None
+def _reference_maps(x: Tensor, mc: Tensor | None, ms: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """mc as (N, C) and ms as (N, H, W), the shapes :mod:`bam_fused.reference` takes."""
+    N, C, H, W = x.shape
+    return (mc.reshape(N, C) if mc is not None else None), (ms.reshape(N, H, W) if ms is not None else None)
 
 
-_gate_op.register_autograd(_backward, setup_context=_setup_context)
+def _differentiable_grads(grad, x, mc, ms, combine, residual):
+    """(gx, gmc, gms) as a graph autograd can differentiate again: the reference re-run on the
+    saved inputs and differentiated with ``create_graph``. The kernels' gradients are constants
+    to autograd, so a backward that runs with grad enabled (``create_graph=True``: gradient
+    penalties, double backward, meta-learning) takes this route instead. Shapes as :func:`bam_gate`;
+    None for a map that is None or does not require grad."""
+    # The maps as the reference takes them, as fresh views: each is differentiated by itself.
+    mc_ref, ms_ref = _reference_maps(x, mc, ms)
+    y = reference.bam_gate(x, mc_ref, ms_ref, combine, residual)
+    inputs = (x, mc_ref, ms_ref)
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=True))
+    gx, gmc, gms = (next(grads) if t is not None and t.requires_grad else None for t in inputs)
+    return (
+        gx,
+        (gmc.reshape(mc.shape) if gmc is not None else None),
+        (gms.reshape(ms.shape) if gms is not None else None),
+    )
+
+
+def _custom_op_grads(grad, x, mc, ms, combine, residual):
+    """The kernels' gradients through the ``bam_fused::gate_backward`` op, None for an absent map."""
+    gx, gmc, gms = _gate_backward_op(grad, x, mc, ms, combine, residual)
+    return gx, (gmc if mc is not None else None), (gms if ms is not None else None)
+
+
+def _backward_with(kernel_grads):
+    """The backward of either binding: ``kernel_grads`` for first-order gradients, the
+    differentiable formulation when autograd builds a graph of the backward (``create_graph``)."""
+
+    def backward(ctx, grad):
+        x, mc, ms = ctx.saved_tensors
+        grads_of = _differentiable_grads if torch.is_grad_enabled() else kernel_grads
+        gx, gmc, gms = grads_of(grad, x, mc, ms, ctx.combine, ctx.residual)
+        return gx, gmc, gms, None, None
+
+    return backward
+
+
+_gate_op.register_autograd(_backward_with(_custom_op_grads), setup_context=_setup_context)
 
 
 class _GateFunction(torch.autograd.Function):
@@ -92,12 +131,13 @@ class _GateFunction(torch.autograd.Function):
         _setup_context(ctx, (x, mc, ms, combine, residual), None)
         return _gate_forward(x, mc, ms, combine, residual)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, mc, ms = ctx.saved_tensors
-        gx, gmc, gms = _gate_backward(grad, x, mc, ms, ctx.combine, ctx.residual)
-        return gx, gmc, gms, None, None
+    backward = staticmethod(_backward_with(_gate_backward))
+
+
+def _transformed() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, …) or a forward-mode AD level is active:
+    its tensors are wrappers or carry tangents, which the kernels cannot read."""
+    return torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
 
 
 def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | None:
@@ -153,14 +193,20 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
     if backend == "triton" and not triton_can_run(x):
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
-            f"triton is imported); x is on {x.device}"
+            f"bam_fused.kernels is first imported); x is on {x.device}"
         )
     if backend == "triton" or (backend == "auto" and triton_can_run(x)):
-        if torch.compiler.is_compiling():
+        # torch.compile and torch.jit.trace record the custom op (the traced graph calls the kernels).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return _gate_op(x, mc, ms, combine, bool(residual))
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
-            return _GateFunction.apply(x, mc, ms, combine, bool(residual))
-        return _gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
-    mc = mc.reshape(N, C) if mc is not None else None
-    ms = ms.reshape(N, H, W) if ms is not None else None
-    return reference.bam_gate(x, mc, ms, combine, bool(residual))
+        if not _transformed():
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
+                return _GateFunction.apply(x, mc, ms, combine, bool(residual))
+            return _gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build
+        if backend == "triton":
+            raise RuntimeError(
+                "backend='triton' cannot run under torch.func transforms (vmap, grad, jvp, …) or forward-mode AD "
+                "(torch.autograd.forward_ad): the kernels read plain tensors, not their wrappers or tangents. "
+                "Use backend='auto' (it runs the reference there) or backend='reference'"
+            )
+    return reference.bam_gate(x, *_reference_maps(x, mc, ms), combine, bool(residual))

@@ -41,10 +41,11 @@ def bam_gate(x, mc=None, ms=None, combine: str = "sum", residual: bool = True) -
     dt = compute_dtype(x.dtype)
     a = gate_preactivation(mc.to(dt) if mc is not None else None, ms.to(dt) if ms is not None else None, combine)
     s = torch.sigmoid(a)
-    if residual:
-        # σ is a fresh tensor: add in place unless autograd saved it for sigmoid's backward.
-        s = s + 1.0 if s.requires_grad else s.add_(1.0)
-    y = x.to(dt) * s
+    xd = x.to(dt)
+    # x + x·σ in one op rather than x · (1 + σ): no second full-size temporary, none saved for
+    # backward beyond σ (which sigmoid saves anyway), and the same ops whether or not autograd
+    # records them, so torch.jit.trace sees one graph in training and in eval.
+    y = torch.addcmul(xd, xd, s) if residual else xd * s
     return y.to(dtype=x.dtype, memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
 
 

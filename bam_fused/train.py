@@ -95,7 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0)
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, default=Path("runs/bam"), help="output folder")
-    run.add_argument("--resume", type=Path, default=None, help="checkpoint written by this tool")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="checkpoint written by this tool; training continues from its epoch and step on the cosine schedule "
+        "of this run's --lr and --epochs (a larger --epochs extends the schedule from the steps already taken)",
+    )
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     run.add_argument("--ablation", action="store_true", help="run the paper's Table 1 grid")
@@ -362,11 +368,8 @@ def train_one(args, ddp: Dist) -> dict:
         nesterov=True,
     )
     steps = min(len(train_loader), args.steps_per_epoch or len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / (steps * args.epochs), 1.0)))
-    )
     scaler = torch.amp.GradScaler(ddp.device.type, enabled=args.amp == "fp16")
-    start_epoch, best = 0, 0.0
+    start_epoch, done_steps, best = 0, 0, 0.0
     rows = []
     if args.resume is not None:
         info = load_released_checkpoint(bare, args.resume, map_location=ddp.device)
@@ -374,12 +377,13 @@ def train_one(args, ddp: Dist) -> dict:
         if ckpt.get("arch") != arch_name(args):
             raise SystemExit(f"--resume {args.resume}: arch {ckpt.get('arch')!r} != {arch_name(args)!r}")
         optimizer.load_state_dict(ckpt["optimizer"])
-        if "scheduler" in ckpt:
-            scheduler.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best = int(ckpt["epoch"]), float(ckpt["best_prec1"])
+        # The optimizer steps taken so far: the scheduler counts them (a checkpoint without one: whole epochs).
+        done_steps = ckpt["scheduler"]["last_epoch"] if "scheduler" in ckpt else start_epoch * steps
         rows = [r for r in read_metrics(out / "metrics.csv") if int(r["epoch"]) <= start_epoch]
+    scheduler = cosine_schedule(optimizer, args.lr, steps * args.epochs, done_steps)
     summary = {"params": sum(p.numel() for p in bare.parameters())}
     t0 = time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
@@ -432,6 +436,19 @@ def train_one(args, ddp: Dist) -> dict:
         train_time_s=time.perf_counter() - t0,
     )
     return summary
+
+
+def cosine_schedule(optimizer, lr: float, total_steps: int, done_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate ``lr · ½(1 + cos(π · step / total_steps))`` per optimizer step, set for
+    step ``done_steps``. Built from this run's --lr and --epochs, after --resume has restored the
+    optimizer, so a resumed run follows the schedule of an uninterrupted run with these options:
+    a larger --epochs continues the longer cosine from the steps already taken (the checkpoint's
+    own schedule, which has reached 0 at its end, is not kept)."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr  # what the factor multiplies, whatever lr the checkpoint's groups ended at
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1.0))), last_epoch=done_steps - 1
+    )
 
 
 def model_state(model: nn.Module) -> dict:

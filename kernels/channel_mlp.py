@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ..common import next_pow2
 from .dot import MIN_DOT, dot, dot_meta
-from .layout import tl_dtype
+from .layout import launch_guard, tl_dtype
 
 # The batch and the hidden width live in registers: [BLOCK_N × BLOCK_H] up to this many values.
 MAX_BATCH_TILE = 16384
@@ -343,36 +343,37 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
     plan = mlp_plan(N, C, h, branch_dtype, p.dtype)
     out = torch.empty(plan.out_numel, device=p.device, dtype=p.dtype)
     some = bn1.weight
-    channel_mlp_fwd_kernel[(1,)](
-        p,
-        w1,
-        b1,
-        bn1.weight,
-        bn1.bias,
-        bn1.running_mean if bn1.running_mean is not None else some,
-        bn1.running_var if bn1.running_var is not None else some,
-        w2,
-        b2,
-        bnc.weight if bnc is not None else some,
-        bnc.bias if bnc is not None else some,
-        bnc.running_mean if bnc is not None and bnc.running_mean is not None else some,
-        bnc.running_var if bnc is not None and bnc.running_var is not None else some,
-        out,
-        N,
-        C,
-        h,
-        bn1.eps,
-        bn1.momentum,
-        bnc.eps if bnc is not None else 0.0,
-        bnc.momentum if bnc is not None else 0.0,
-        *plan.save_offsets,
-        BN1_BATCH=bn1.batch_stats,
-        BN1_UPDATE=bn1.update,
-        HAS_BNC=bnc is not None,
-        BNC_BATCH=bnc is not None and bnc.batch_stats,
-        BNC_UPDATE=bnc is not None and bnc.update,
-        **plan.meta,
-    )
+    with launch_guard(channel_mlp_fwd_kernel, p.device):
+        channel_mlp_fwd_kernel[(1,)](
+            p,
+            w1,
+            b1,
+            bn1.weight,
+            bn1.bias,
+            bn1.running_mean if bn1.running_mean is not None else some,
+            bn1.running_var if bn1.running_var is not None else some,
+            w2,
+            b2,
+            bnc.weight if bnc is not None else some,
+            bnc.bias if bnc is not None else some,
+            bnc.running_mean if bnc is not None and bnc.running_mean is not None else some,
+            bnc.running_var if bnc is not None and bnc.running_var is not None else some,
+            out,
+            N,
+            C,
+            h,
+            bn1.eps,
+            bn1.momentum,
+            bnc.eps if bnc is not None else 0.0,
+            bnc.momentum if bnc is not None else 0.0,
+            *plan.save_offsets,
+            BN1_BATCH=bn1.batch_stats,
+            BN1_UPDATE=bn1.update,
+            HAS_BNC=bnc is not None,
+            BNC_BATCH=bnc is not None and bnc.batch_stats,
+            BNC_UPDATE=bnc is not None and bnc.update,
+            **plan.meta,
+        )
     return out
 
 
@@ -392,22 +393,23 @@ def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs
     h = w1.shape[0]
     plan = mlp_plan(N, C, h, gmc.dtype, p.dtype)
     offsets = tuple(grad_offsets) + ((0, 0) if bnc is None else ())
-    channel_mlp_bwd_kernel[(1,)](
-        gmc,
-        p,
-        save,
-        w1,
-        bn1.weight,
-        w2,
-        bnc.weight if bnc is not None else bn1.weight,
-        grads,
-        N,
-        C,
-        h,
-        *plan.save_offsets,
-        *offsets,
-        BN1_BATCH=bn1.batch_stats,
-        HAS_BNC=bnc is not None,
-        BNC_BATCH=bnc is not None and bnc.batch_stats,
-        **plan.meta,
-    )
+    with launch_guard(channel_mlp_bwd_kernel, p.device):
+        channel_mlp_bwd_kernel[(1,)](
+            gmc,
+            p,
+            save,
+            w1,
+            bn1.weight,
+            w2,
+            bnc.weight if bnc is not None else bn1.weight,
+            grads,
+            N,
+            C,
+            h,
+            *plan.save_offsets,
+            *offsets,
+            BN1_BATCH=bn1.batch_stats,
+            HAS_BNC=bnc is not None,
+            BNC_BATCH=bnc is not None and bnc.batch_stats,
+            **plan.meta,
+        )

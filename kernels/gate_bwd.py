@@ -35,6 +35,7 @@ from .layout import (
     as_kernel_layout,
     dense,
     hw_strides,
+    launch_guard,
     layout_of,
     like_layout,
     multiprocessor_count,
@@ -329,23 +330,24 @@ def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine
         return
     g, g_strides = _g_strides(g, x, plan)
     mw, mf = (mc, ms) if plan.walk_is_c else (ms, mc)
-    gate_bwd_kernel[plan.grid](
-        g,
-        x,
-        mw if mw is not None else mf,  # pointers the kernel does not read stand in for absent tensors
-        mf if mf is not None else mw,
-        gx if gx is not None else parts,
-        parts,
-        *plan.args,
-        *g_strides,
-        *plan.args_after_g,
-        COMBINE=COMBINE_CODES[combine],
-        HAS_MW=mw is not None,
-        HAS_MF=mf is not None,
-        RESIDUAL=residual,
-        STORE_GX=gx is not None,
-        **plan.meta,
-    )
+    with launch_guard(gate_bwd_kernel, x.device):
+        gate_bwd_kernel[plan.grid](
+            g,
+            x,
+            mw if mw is not None else mf,  # pointers the kernel does not read stand in for absent tensors
+            mf if mf is not None else mw,
+            gx if gx is not None else parts,
+            parts,
+            *plan.args,
+            *g_strides,
+            *plan.args_after_g,
+            COMBINE=COMBINE_CODES[combine],
+            HAS_MW=mw is not None,
+            HAS_MF=mf is not None,
+            RESIDUAL=residual,
+            STORE_GX=gx is not None,
+            **plan.meta,
+        )
 
 
 def launch_gate_bwd_stage_two(parts, gmc, gms, plan: BwdPlan) -> None:
@@ -355,16 +357,17 @@ def launch_gate_bwd_stage_two(parts, gmc, gms, plan: BwdPlan) -> None:
     if not programs:
         return
     some = gmc if gmc is not None else gms
-    gate_bwd_reduce_kernel[(programs,)](
-        parts,
-        gmc if gmc is not None else some,
-        gms if gms is not None else some,
-        *plan.reduce_args,
-        gmc_programs,
-        HAS_MC=gmc is not None,
-        HAS_MS=gms is not None,
-        **plan.reduce_meta,
-    )
+    with launch_guard(gate_bwd_reduce_kernel, parts.device):
+        gate_bwd_reduce_kernel[(programs,)](
+            parts,
+            gmc if gmc is not None else some,
+            gms if gms is not None else some,
+            *plan.reduce_args,
+            gmc_programs,
+            HAS_MC=gmc is not None,
+            HAS_MS=gms is not None,
+            **plan.reduce_meta,
+        )
 
 
 def gate_bwd(

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ..common import cdiv
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
-from .layout import NUM_WARPS, as_kernel_layout, dense, layout_of, tile_shape, tl_compute_dtype
+from .layout import NUM_WARPS, as_kernel_layout, dense, launch_guard, layout_of, tile_shape, tl_compute_dtype
 
 # A forward program's tile holds this many bytes of x: two 16-byte accesses per thread of 4 warps.
 # Small tiles, many programs: on an H200 this beat 8-32 KiB tiles at every ResNet-50 BAM shape
@@ -151,16 +151,17 @@ def gate_fwd(
         return y
     plan = fwd_plan(x, config, force_int64)
     mc, ms = dense(mc), dense(ms)
-    gate_fwd_kernel[plan.grid](
-        x,
-        mc if mc is not None else ms,  # an absent map's pointer is never read
-        ms if ms is not None else mc,
-        y,
-        *plan.args,
-        COMBINE=COMBINE_CODES[combine],
-        HAS_MC=mc is not None,
-        HAS_MS=ms is not None,
-        RESIDUAL=residual,
-        **plan.meta,
-    )
+    with launch_guard(gate_fwd_kernel, x.device):
+        gate_fwd_kernel[plan.grid](
+            x,
+            mc if mc is not None else ms,  # an absent map's pointer is never read
+            ms if ms is not None else mc,
+            y,
+            *plan.args,
+            COMBINE=COMBINE_CODES[combine],
+            HAS_MC=mc is not None,
+            HAS_MS=ms is not None,
+            RESIDUAL=residual,
+            **plan.meta,
+        )
     return y

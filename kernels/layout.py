@@ -10,11 +10,15 @@ memory formats a CNN produces collapse (h, w) into one hw axis of a single strid
 Any other layout is copied once to NCHW (:func:`as_kernel_layout`).
 """
 
+import contextlib
 import functools
+import threading
 from typing import NamedTuple
 
 import torch
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
 from ..common import compute_dtype, next_pow2
 
@@ -113,6 +117,37 @@ def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: 
         block_hw = min(next_pow2(HW), max_fast)
         block_c = max(1, min(next_pow2(C), tile_elems // block_hw))
     return block_c, block_hw
+
+
+# Triton's interpreter keeps the grid of the running launch (and its patches of triton.language)
+# in module globals: two threads launching at once read each other's program ids. Reentrant, so
+# a launcher may hold it across several launches.
+_INTERPRETER_LOCK = threading.RLock()
+_NO_GUARD = contextlib.nullcontext()
+
+
+def launch_guard(kernel, device: torch.device):
+    """The context every launcher wraps its kernel launches in: ``with launch_guard(kernel, x.device):``.
+
+    For a kernel decorated as interpreted (``TRITON_INTERPRET=1`` when ``bam_fused.kernels`` was
+    first imported), a process-wide lock: interpreted launches are serialised, so threads calling
+    the gate at once get correct results. For a compiled kernel, a shared no-op context: CUDA
+    launches from several threads are already safe, and the guard costs only the ``with``
+    (so does anything else that stands in for a kernel, such as the benchmarks' no-op stubs).
+
+    Raises RuntimeError when a compiled kernel is handed CPU tensors: only an interpreted kernel
+    runs on them, and Triton decides which one a kernel is when it is decorated.
+    """
+    if isinstance(kernel, InterpretedFunction):
+        return _INTERPRETER_LOCK
+    if isinstance(kernel, JITFunction) and device.type == "cpu":
+        raise RuntimeError(
+            f"{kernel.__name__} was compiled for the GPU, not interpreted, so it cannot run on CPU tensors: "
+            "TRITON_INTERPRET=1 must be set before bam_fused.kernels is first imported (set it in the "
+            "environment, or call bam_fused.common.interpret_without_cuda() before importing the kernels "
+            "or calling FusedBAM / bam_gate); setting it later has no effect on kernels already decorated"
+        )
+    return _NO_GUARD
 
 
 def multiprocessor_count(device: torch.device) -> int:

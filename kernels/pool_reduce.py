@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..common import cdiv, compute_dtype, next_pow2
 from .dot import MIN_DOT, dot, dot_meta
-from .layout import NUM_WARPS, hw_strides, layout_of, memory_format, tl_compute_dtype
+from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype
 
 # Positions per program, at most, and channels per chunk for 2-byte x (half that for wider x):
 # a [64 × 64] tile of x with an [h × 64] accumulator stays in registers for h up to 64
@@ -137,22 +137,23 @@ def pool_reduce(
         return pool_part, z0
     z_strides = hw_strides(z0) if z0 is not None else (0, 0, 0)
     out = z0 if z0 is not None else pool_part  # stands in for the pointers the kernel does not read
-    pool_reduce_kernel[plan.grid](
-        x,
-        w if w is not None else out,
-        b if b is not None else out,
-        out,
-        pool_part if pool_part is not None else out,
-        C,
-        H * W,
-        h,
-        lay.stride_n,
-        lay.stride_c,
-        lay.stride_hw,
-        *z_strides,
-        plan.hw_blocks,
-        POOL=pool,
-        REDUCE=z0 is not None,
-        **plan.meta,
-    )
+    with launch_guard(pool_reduce_kernel, x.device):
+        pool_reduce_kernel[plan.grid](
+            x,
+            w if w is not None else out,
+            b if b is not None else out,
+            out,
+            pool_part if pool_part is not None else out,
+            C,
+            H * W,
+            h,
+            lay.stride_n,
+            lay.stride_c,
+            lay.stride_hw,
+            *z_strides,
+            plan.hw_blocks,
+            POOL=pool,
+            REDUCE=z0 is not None,
+            **plan.meta,
+        )
     return pool_part, z0

@@ -54,6 +54,12 @@ def assert_close(actual, expected, name=""):
     )
 
 
+def assert_maps_apart(mc, ms, gap=1e-3):
+    """max is not differentiable at ties: finite differences (gradcheck) need mc and ms well apart."""
+    if mc is not None and ms is not None:
+        assert (mc[:, :, None, None] - ms[:, None]).abs().min() > gap, "redraw: mc and ms too close for max"
+
+
 def poisoned_like(t, dtype=None):
     """A tensor laid out like ``t`` filled with NaN: any element a kernel forgets stays NaN."""
     return torch.full_like(t, float("nan"), dtype=dtype)

@@ -148,6 +148,63 @@ def test_convert_to_fused(device):
     assert convert_to_fused(model) is model
 
 
+def test_convert_to_fused_keeps_subclasses_with_their_own_forward():
+    """A BAM subclass that overrides forward (or attention_maps) would lose it as a FusedBAM: it stays,
+    and a warning names it; a subclass that only adds to BAM is converted."""
+
+    class Scaled(BAM):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Tagged(BAM):
+        tag = "mine"
+
+    model = nn.Sequential(Scaled(16, 4), nn.Sequential(Tagged(16, 4)))
+    with pytest.warns(UserWarning, match=r"left 0 \(.*Scaled\) as it is: it overrides BAM\.forward"):
+        convert_to_fused(model)
+    assert type(model[0]) is Scaled and isinstance(model[1][0], FusedBAM)
+    with pytest.warns(UserWarning, match=r"left the model \(.*Scaled\)"):
+        assert type(convert_to_fused(Scaled(16, 4))) is Scaled
+
+
+def test_convert_to_fused_module_registered_twice_stays_one_module():
+    bam = BAM(16, 4)
+    model = nn.Sequential()
+    model.add_module("first", bam)
+    model.add_module("again", nn.Sequential(bam))
+    convert_to_fused(model)
+    assert isinstance(model.first, FusedBAM) and model.again[0] is model.first
+    assert len(list(model.parameters())) == len(list(bam.parameters()))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks, baked in as constants
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls", [BAM, FusedBAM])
+def test_jit_trace(cls, training, device):
+    """torch.jit.trace (whose check re-runs the model and compares graphs) gives the eager numbers."""
+    bam = cls(16, 4).to(device).train(training)
+    _randomize_bn(bam)
+    x = torch.randn(2, 16, 5, 4, device=device)
+    traced = torch.jit.trace(bam, x)
+    torch.testing.assert_close(traced(x), bam(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gate_channel": 0}, "gate_channel must be >= 1, got 0"),
+        ({"reduction_ratio": 0}, "reduction_ratio must be >= 1, got 0"),
+        ({"reduction_ratio": -2}, "reduction_ratio must be >= 1, got -2"),
+        ({"dilation_conv_num": -1}, "dilation_conv_num must be >= 0, got -1"),
+        ({"dilation_val": 0}, "dilation_val must be >= 1, got 0"),
+    ],
+)
+@pytest.mark.parametrize("cls", [BAM, FusedBAM])
+def test_constructor_rejects_out_of_range_sizes(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**{"gate_channel": 32, **kwargs})
+
+
 def test_constructor_errors():
     with pytest.raises(ValueError, match=r"gate_channel // reduction_ratio.*8 // 16 = 0"):
         BAM(8)

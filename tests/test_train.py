@@ -57,8 +57,12 @@ def test_two_step_run_then_resume(tmp_path):
     assert main([*argv, "--amp", "bf16", "--channels-last"]) == 0
     rows2 = _rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows2] == ["1", "2"] and rows2[0] == rows[0]
+    # --epochs grew from 1 to 2: the cosine runs over 2 epochs from the 2 steps taken, as in an
+    # uninterrupted 2-epoch run (0.01 · ½(1 + cos(π · 2/4)) = 0.005), not on from the 1-epoch
+    # schedule's end (0).
+    assert [r["lr"] for r in rows2] == ["0.01", "0.005"]
     ckpt2 = torch.load(out / "checkpoint.pth.tar", weights_only=False)
-    assert ckpt2["epoch"] == 2
+    assert ckpt2["epoch"] == 2 and ckpt2["scheduler"]["last_epoch"] == 4
     assert ckpt2["optimizer"]["state"], "optimizer momentum was saved"
     changed = [
         k for k, v in ckpt2["state_dict"].items() if v.is_floating_point() and not torch.equal(v, ckpt["state_dict"][k])
