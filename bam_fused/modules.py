@@ -10,6 +10,7 @@ from torch import nn
 
 from . import reference
 from .ops import bam_gate
+from .pytorchcv_layout import pytorchcv_bam_parts
 
 VARIANTS = ("paper", "official")
 # The combine each variant uses when the module is built with combine=None.
@@ -201,6 +202,16 @@ def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
         fused.channel_att = module.channel_att
         fused.spatial_att = module.spatial_att
         return fused.train(module.training)
+    pytorchcv = pytorchcv_bam_parts(module)
+    if pytorchcv is not None:
+        cfg, parts = pytorchcv
+        # Mode first, then adopt the block's own modules: each keeps its mode (a frozen BN stays
+        # frozen) and its parameters keep their identity, so optimizers keep working.
+        fused = FusedBAM(**cfg, variant="official", backend=backend).train(module.training)
+        for path, part in parts.items():
+            parent, name = path.rsplit(".", 1)
+            setattr(fused.get_submodule(parent), name, part)
+        return fused
     cfg = _released_config(module)
     if cfg is None:
         return None
@@ -213,8 +224,10 @@ def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
 def convert_to_fused(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace every BAM in ``model`` by a FusedBAM, in place, keeping weights, buffers and mode.
 
-    Converts this package's ``BAM`` (sharing its parameters) and foreign modules laid out like
-    the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``: weights copied).
+    Converts this package's ``BAM`` (sharing its parameters), pytorchcv's ``BamBlock`` (its
+    modules adopted into ``variant="official"``, see :mod:`bam_fused.pytorchcv_layout`) and foreign
+    modules laid out like the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``:
+    weights copied).
     Returns ``model``, or the new FusedBAM when ``model`` itself is a BAM.
     """
     root = _to_fused(model, backend)
