@@ -3,7 +3,7 @@
     python -m bam_fused.curves examples/digits/fused examples/digits/bam --out examples/digits/curves.png
 
 Each RUN is a ``bam-train --out`` folder; its ``metrics.csv`` is read. Accuracy and loss per epoch,
-validation solid and training dashed, one colour per run (the loss on a log scale: an early epoch's
+validation solid and training dashed, one colour and marker per run (the loss on a log scale: an early epoch's
 validation loss can be thousands while BN's running statistics catch up).
 """
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .train import read_metrics
+
+MARKERS = "oxs^v"
 
 
 def plot_runs(path: Path, runs: dict[str, list[dict]], title: str) -> None:
@@ -27,7 +29,17 @@ def plot_runs(path: Path, runs: dict[str, list[dict]], title: str) -> None:
         for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
             for split, style in (("val", "-"), ("train", "--")):
                 values = [float(r[f"{split}_{key}"]) for r in rows]
-                ax.plot(epochs, values, style, color=f"C{colour}", marker="o", ms=3, label=f"{label} ({split})")
+                # Wider lines first and a marker each, so that runs which coincide stay visible.
+                ax.plot(
+                    epochs,
+                    values,
+                    style,
+                    color=f"C{colour}",
+                    lw=max(4.0 - 1.5 * colour, 1.0),
+                    marker=MARKERS[colour % len(MARKERS)],
+                    ms=5,
+                    label=f"{label} ({split})",
+                )
     ax_acc.set_ylabel("accuracy (%)")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.set_yscale("log")
