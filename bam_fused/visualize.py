@@ -2,8 +2,7 @@
 
     python -m bam_fused.visualize --checkpoint runs/digits/model_best.pth.tar --digits 8 --out maps/
     python -m bam_fused.visualize --checkpoint RESNET50_IMAGENET_BAM_best.pth.tar --images a.jpg b.jpg --out maps/
-    python -m bam_fused.visualize --pytorchcv bam_resnet50 --checkpoint bam_resnet50-0710-a33b2b2a.pth \\
-        --images a.jpg --out maps/
+    python -m bam_fused.visualize --pytorchcv bam_resnet50 --checkpoint bam_resnet50.pth --images a.jpg --out maps/
 
 For every BAM and image, two maps of the BAM's input resolution, upsampled onto the image:
 ``attention``, the 3-D map σ(Mc ⊕ Ms) (C×H×W) averaged over channels, and ``spatial``, Ms alone
@@ -57,15 +56,12 @@ def bam_attention_maps(model: nn.Module, images: torch.Tensor) -> dict[str, dict
 
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, BAM)]
-    if not handles:
+    # The hooks stay on the copy, which is dropped on return.
+    hooked = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, BAM)]
+    if not hooked:
         raise ValueError(f"{type(model).__name__} has no BAM (ours, released-code layout or pytorchcv BamBlock)")
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad():
+        model(images)
     return maps
 
 
