@@ -13,6 +13,7 @@ from torch import nn
 from .common import BACKENDS, BRANCHES, COMBINES, VARIANT_COMBINE, VARIANTS
 from .fused_bam import fused_bam, fused_path_blocker
 from .ops import bam_gate
+from .pytorchcv_layout import pytorchcv_bam_parts
 
 
 class ChannelGate(nn.Module):
@@ -237,6 +238,16 @@ def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
         fused.channel_att = module.channel_att
         fused.spatial_att = module.spatial_att
         return fused.train(module.training)
+    pytorchcv = pytorchcv_bam_parts(module)
+    if pytorchcv is not None:
+        cfg, parts = pytorchcv
+        # Mode first, then adopt the block's own modules: each keeps its mode (a frozen BN stays
+        # frozen) and its parameters keep their identity, so optimizers keep working.
+        fused = FusedBAM(**cfg, variant="official", backend=backend).train(module.training)
+        for path, part in parts.items():
+            parent, name = path.rsplit(".", 1)
+            setattr(fused.get_submodule(parent), name, part)
+        return fused
     cfg = _released_config(module)
     if cfg is None:
         return None
@@ -249,11 +260,13 @@ def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
 def convert_to_fused(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace every BAM in ``model`` by a FusedBAM, in place, keeping weights, buffers and mode.
 
-    Converts this package's ``BAM`` (sharing its parameters) and foreign modules laid out like
-    the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``: weights copied). A
-    subclass of BAM that overrides its ``forward`` (or ``attention_maps``) stays as it is, with a
-    warning naming it. A module registered under several names becomes one FusedBAM registered
-    under each. Returns ``model``, or the new FusedBAM when ``model`` itself is a BAM.
+    Converts this package's ``BAM`` (sharing its parameters), pytorchcv's ``BamBlock`` (its
+    modules adopted into ``variant="official"``, see :mod:`bam_fused.pytorchcv_layout`) and foreign
+    modules laid out like the released code (``channel_att.gate_c…``, ``spatial_att.gate_s…``:
+    weights copied). A subclass of BAM that overrides its ``forward`` (or ``attention_maps``)
+    stays as it is, with a warning naming it. A module registered under several names becomes one
+    FusedBAM registered under each. Returns ``model``, or the new FusedBAM when ``model`` itself
+    is a BAM.
     """
     done, kept = {}, []
     converted = _convert(model, backend, "", done, kept)

@@ -1,6 +1,7 @@
-"""``bam-train``: train ResNet+BAM on CIFAR-10/100 (or synthetic data), alone or under torchrun.
+"""``bam-train``: train ResNet+BAM on CIFAR-10/100, the bundled digits (or synthetic data), alone or under torchrun.
 
     bam-train --data ./cifar --dataset cifar100 --download --depth 50 --epochs 200 --out runs/r50
+    bam-train --dataset digits --image-size 16 --epochs 10 --out runs/digits        # bundled, no download
     bam-train --synthetic --steps-per-epoch 2 --epochs 1 --out /tmp/smoke          # no data needed
     torchrun --nproc_per_node 2 -m bam_fused.train --synthetic --out /tmp/ddp       # DDP (gloo/nccl)
     bam-train --ablation --epochs 30 --data ./cifar --out runs/ablation              # paper Table 1
@@ -29,13 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from . import digits
 from .common import BACKENDS, BRANCHES, COMBINES, DTYPES, VARIANTS
 from .models import load_released_checkpoint, resnet_bam
 from .models.resnet import ATTENTIONS, DEPTHS
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": digits.NUM_CLASSES}
 METRIC_FIELDS = (
     "epoch",
     "lr",
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--download", action="store_true", help="let torchvision download into --data")
     data.add_argument("--synthetic", action="store_true", help="random learnable data; no files, no network")
     data.add_argument("--synthetic-size", type=int, default=512, help="synthetic training images (val: 1/4)")
-    data.add_argument("--image-size", type=int, default=32, help="synthetic image side (CIFAR is 32)")
+    data.add_argument("--image-size", type=int, default=32, help="synthetic/digits image side (CIFAR is 32)")
     data.add_argument("--workers", type=int, default=2, help="DataLoader workers (torchvision data only)")
     model = p.add_argument_group("model")
     model.add_argument("--depth", type=int, default=18, choices=tuple(DEPTHS))
@@ -111,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject contradictory or out-of-range options with an argparse error naming them."""
-    if args.synthetic == (args.data is not None):
-        p.error("give exactly one of --data DIR or --synthetic")
+    if args.dataset == "digits":
+        if args.synthetic or args.data is not None:
+            p.error("--dataset digits is bundled with the package: it takes neither --data nor --synthetic")
+    elif args.synthetic == (args.data is not None):
+        p.error("give exactly one of --data DIR or --synthetic (or --dataset digits)")
     if args.download and args.data is None:
         p.error("--download needs --data DIR")
     for name in ("epochs", "batch_size", "reduction", "dilation", "synthetic_size", "image_size"):
@@ -203,6 +208,9 @@ def make_loaders(args, ddp: Dist) -> tuple[DataLoader, DataLoader, DistributedSa
     if args.synthetic:
         train = synthetic_data(args.synthetic_size, args.image_size, classes, seed=args.seed)
         val = synthetic_data(max(args.synthetic_size // 4, 1), args.image_size, classes, seed=args.seed + 1)
+        workers = 0
+    elif args.dataset == "digits":
+        train, val = digits.digits_datasets(args.image_size)
         workers = 0
     else:
         train, val = cifar_data(args)
