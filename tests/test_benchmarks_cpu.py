@@ -18,13 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-# benchmarks/ is not an installed package: importable from the repo root only.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks import cases, report
+from benchmarks.results import HEADER_FIELDS, RECORD_FIELDS, load
 
-from benchmarks import cases, report  # noqa: E402
-from benchmarks.results import HEADER_FIELDS, RECORD_FIELDS, load  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CUDA = torch.cuda.is_available()
 GPU_RUN_STAGES = (
