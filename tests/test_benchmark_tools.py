@@ -2,6 +2,7 @@
 round robin and input-set rotation, the profiler pass, and the README check of quoted figures."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from benchmarks.timing import (
 )
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _randomize_bn(module):
@@ -184,3 +186,9 @@ def test_verify_fails_on_a_figure_its_file_does_not_hold(tmp_path, table, source
     problems, _ = report.verify(_readme(tmp_path, table, source))
     assert len(problems) == 1 and message in problems[0], problems
     assert report.main(["--verify", str(tmp_path / "README.md")]) == 1
+
+
+def test_readme_performance_figures_are_in_the_files_they_cite():
+    """CI's check: ``python -m benchmarks.report --verify README.md``."""
+    problems, checked = report.verify(ROOT / "README.md")
+    assert problems == [] and checked > 0, problems
