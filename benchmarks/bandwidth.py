@@ -15,7 +15,7 @@ import torch
 from bam_fused.common import CIFAR_BAM_SHAPES, DTYPES, RESNET50_BAM_SHAPES
 
 from .cases import GATE_OPS
-from .timing import measure
+from .timing import Sampling, compare_eager, compare_graphs, measure
 
 # (full-size passes, small-map passes) per op: the minimum any implementation must move.
 PASSES = {"gate_fwd": (2, 1), "gate_bwd": (3, 2), "gate_fwdbwd": (5, 3)}
@@ -28,17 +28,30 @@ def gate_bytes_min(op: str, shape: tuple, itemsize: int) -> int:
     return (full * n * c * h * w + maps * (n * c + n * h * w)) * itemsize
 
 
-def copy_gbps(device: torch.device, nbytes: int | None = None) -> float:
-    """Device-to-device copy bandwidth in GB/s (1e9 B/s), counting bytes read plus bytes written.
+def copy_gbps(device: torch.device, mode: str = "do_bench", nbytes: int | None = None) -> float:
+    """Device-to-device copy bandwidth in GB/s (1e9 B/s), counting bytes read plus bytes written,
+    timed the way ``mode`` times everything else so that % of copy compares like with like:
+    "do_bench" (:func:`benchmarks.timing.measure`, the tuning sweep's timer), or a mode of
+    :data:`benchmarks.timing.MODES`.
 
     The default size (1 GiB on CUDA) dwarfs any L2; 32 MiB on CPU keeps the smoke run fast.
     """
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**25)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    t = measure(lambda: dst.copy_(src), device, warmup_ms=20, rep_ms=200, cpu_reps=5)
-    return 2 * nbytes / (t.ms_median * 1e-3) / 1e9
+    copy = lambda: dst.copy_(src)
+    if mode == "do_bench":
+        ms = measure(copy, device, warmup_ms=20, rep_ms=200, cpu_reps=5).ms_median
+    else:
+        sampling = Sampling(rounds=5)
+        if mode == "eager":
+            ms = compare_eager({"copy": [copy]}, device, sampling)["copy"].ms_median
+        else:
+            timings, _, errors = compare_graphs({"copy": lambda: copy}, 1, device, sampling)
+            if errors:
+                raise RuntimeError(f"copy graph: {errors['copy']}")
+            ms = timings["copy"].ms_median
+    return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
 def floor_table(copy_tbps: float = 3.0) -> str:

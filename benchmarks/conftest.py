@@ -2,6 +2,7 @@
 
     pytest benchmarks/                          # CUDA: the GPU plan (benchmarks/cases.py)
     pytest benchmarks/ --quick --results-dir D  # anywhere: every benchmark once, tiny shapes
+    pytest benchmarks/test_bench_resnet.py --results-file F   # one level, appended to F
 
 Without CUDA and without --quick every case is skipped with one reason. Under --quick on
 CPU the Triton kernels run through the interpreter, which must be enabled before triton is
@@ -9,6 +10,7 @@ imported: hence the environment is set at the top of this file.
 """
 
 import gc
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from bam_fused.common import interpret_without_cuda
 
 from .bandwidth import copy_gbps
 from .results import DEFAULT_DIR, ResultsFile, environment, result_path
+from .timing import MODES
 
 CUDA = interpret_without_cuda()  # before the kernels are imported
 
@@ -31,10 +34,23 @@ def pytest_addoption(parser):
     group.addoption("--quick", action="store_true", help="each benchmark once, tiny shapes (CPU smoke run)")
     group.addoption("--results-dir", default=None, help=f"where the result JSON goes (default {DEFAULT_DIR})")
     group.addoption(
+        "--results-file",
+        default=None,
+        help="the result JSON itself, continued when it exists (gpu_run.sh stages share one); beats --results-dir",
+    )
+    group.addoption(
         "--compile-mode",
         default="default",
         help="torch.compile mode of the compiled provider: default, reduce-overhead, max-autotune, ...",
     )
+
+
+def pytest_configure(config):
+    if not CUDA and config.getoption("--quick"):
+        # The smoke run's tiny shapes gain nothing from intra-op threads, and on a shared CPU
+        # OpenMP's waiting threads cost far more than they give: a ResNet-18 forward on 2×32²
+        # images took 1.2 s with 2 threads and 0.013 s with 1 on the 2-core machine under load.
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,11 +85,15 @@ def compile_mode(request) -> str:
 
 @pytest.fixture(scope="session")
 def results(request, device, quick, compile_mode) -> ResultsFile:
-    """The run's result file, created with the measured copy bandwidth before any case runs."""
+    """The run's result file, created with the copy bandwidth measured in each mode before any case
+    runs (or continued, header and all, when --results-file names an existing one)."""
+    path = request.config.getoption("--results-file")
+    if path and Path(path).exists():
+        return ResultsFile(path, {})
     env = environment(device)
-    out_dir = request.config.getoption("--results-dir") or DEFAULT_DIR
-    header = {**env, "copy_gbps": copy_gbps(device), "quick": quick, "compile_mode": compile_mode}
-    return ResultsFile(result_path(out_dir, env["device"], env["date"]), header)
+    path = path or result_path(request.config.getoption("--results-dir") or DEFAULT_DIR, env["device"], env["date"])
+    roofs = {mode: copy_gbps(device, mode) for mode in MODES}
+    return ResultsFile(path, {**env, "copy_gbps": roofs, "quick": quick, "compile_mode": compile_mode})
 
 
 @pytest.fixture(autouse=True)

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The one GPU call: install, record the environment, prove the kernels, benchmark.
+# The one GPU call: install, record the environment, benchmark, prove the kernels.
 #
 #   bash benchmarks/gpu_run.sh OUTDIR            # on a bare CUDA machine, from the repo root
-#   bash benchmarks/gpu_run.sh --dry-run OUTDIR  # list the stages and budgets; runs nothing
-#   GPU_RUN_STAGES=bench,device_time bash benchmarks/gpu_run.sh OUTDIR   # a subset (reruns while tuning)
+#   bash benchmarks/gpu_run.sh --dry-run OUTDIR  # list the stages, budgets and files; runs nothing
+#   GPU_RUN_STAGES=bench_resnet,bench_gate bash benchmarks/gpu_run.sh OUTDIR   # a subset (reruns)
+#   BENCH_PYTEST_ARGS="--quick -k gate_fwd-bf16" ...   # extra arguments of the bench stages' pytest
 #
 # Every stage runs under its own `timeout`, and the budgets add up to under 5 minutes, so a
-# stage that overruns loses only its own tail: the benchmark and GPU-check result files are
-# rewritten after every record. OUTDIR receives at most 8 files (the device tool returns 8):
-#   env.txt  tests.log  sanitizer.log  gpu_checks.json  <device>-<date>.json  bench.log
-#   device-time.json  host-time.json
-# perf.md and perf.png are rendered from <device>-<date>.json afterwards, on any machine:
-#   python -m benchmarks.report --results OUTDIR/<device>-<date>.json --out-md perf.md --out-png perf.png
+# stage that overruns loses only its own tail: the result files are rewritten after every
+# record. Stages run in priority order, the goal data first: the ResNet-50 step, the module and
+# the gate (each in wall time, CUDA-graph device time and, for the first two, a profiler pass),
+# then correctness (equivalence, sanitizer, probes), which CPU CI covers through the interpreter.
+# OUTDIR receives at most 8 files (the device tool returns 8); FILES below lists them.
+# perf.md and perf.png are rendered from bench.json afterwards, on any machine:
+#   python -m benchmarks.report --results OUTDIR/bench.json --out-md perf.md --out-png perf.png
 # The last thing printed is a summary (the device tool returns only the output's tail).
 set -uo pipefail
 
@@ -35,18 +37,22 @@ export BAM_GPU_RESULTS="$OUT"
 export WORK=${TMPDIR:-/tmp}/bam_gpu_run.$$
 export GPU_RUN_STAGES=${GPU_RUN_STAGES:-all}
 
-# name | budget (s) | what it does. Order: correctness first, then the numbers the goals need.
+# name | budget (s) | what it does. Order: the goal data first, then correctness.
 STAGES=(
-    "install|15|pip install --no-deps --no-build-isolation -e . (log: tests.log)"
+    "install|10|pip install --no-deps --no-build-isolation -e . (log: tests.log)"
     "env|8|nvidia-smi, torch/triton/CUDA/driver versions, compute-sanitizer version -> env.txt"
+    "bench_resnet|80|ResNet-50 step, 5 providers interleaved (50 steps each), CUDA-graph step, profiler -> bench.json"
+    "bench_module|40|BAM module fwd+bwd at the ResNet-50 shapes, 4 providers, wall + graph + profiler -> bench.json"
+    "bench_gate|50|gate fwd/bwd/fwd+bwd, ResNet-50 shapes, both layouts, 4 providers, wall + graph -> bench.json"
     "gpu_equiv|28|pytest -m gpu tests/gpu/test_gpu_equivalence.py: kernels vs float64, all modes/dtypes/layouts/odd maps"
-    "bench|104|pytest benchmarks/ --results-dir OUTDIR: gate fwd/bwd/fwd+bwd, BAM module, ResNet-50 step, copy roof"
-    "device_time|30|python -m benchmarks.device_time --gate-only: CUDA-graph device time vs events -> device-time.json"
-    "host_time|20|python -m benchmarks.host_time: host µs per call, real and no-op kernels -> host-time.json"
-    "sanitizer|45|sanitizer_driver.py plain (warms the JIT cache), then compute-sanitizer memcheck and racecheck"
-    "gpu_probes|35|pytest -m gpu tests/gpu: determinism (20 runs), >2^31 elements, saved bytes + ResNet peak, compile"
-    "core_tests|10|pytest -m gpu -x tests --ignore=tests/gpu: the suite's device tests, for as long as the budget allows"
+    "host_time|15|python -m benchmarks.host_time: host µs per call, real and no-op kernels -> host-time.json"
+    "sanitizer|38|sanitizer_driver.py plain (warms the JIT cache), then compute-sanitizer memcheck and racecheck"
+    "gpu_probes|28|pytest -m gpu tests/gpu: determinism (20 runs), >2^31 elements, saved bytes + ResNet peak, compile"
 )
+# Everything OUTDIR receives.
+FILES=(env.txt tests.log bench.json bench.log host-time.json sanitizer.log gpu_checks.json)
+BENCH_PYTEST_ARGS=${BENCH_PYTEST_ARGS:-}
+export BENCH_PYTEST_ARGS
 
 run_pytest() {
     "$PY" -m pytest -q -p no:cacheprovider --tb=short -ra "$@"
@@ -82,19 +88,23 @@ stage_gpu_equiv() {
     run_pytest -m gpu tests/gpu/test_gpu_equivalence.py
 }
 
-stage_bench() {
-    run_pytest benchmarks/ --results-dir "$OUT" > "$OUT/bench.log" 2>&1
-    local rc=$?
-    tail -n 25 "$OUT/bench.log"
+bench() {  # level: one benchmark file, its records appended to bench.json, its log to bench.log
+    local rc
+    # shellcheck disable=SC2086  # BENCH_PYTEST_ARGS is a list of words
+    run_pytest "benchmarks/test_bench_$1.py" --results-file "$OUT/bench.json" $BENCH_PYTEST_ARGS \
+        > "$WORK/bench_$1.log" 2>&1
+    rc=$?
+    { echo "===== bench_$1 rc=$rc"; cat "$WORK/bench_$1.log"; } >> "$OUT/bench.log"
+    tail -n 8 "$WORK/bench_$1.log"
     return $rc
 }
 
-stage_device_time() {
-    "$PY" -m benchmarks.device_time --gate-only --out "$OUT/device-time.json"
-}
+stage_bench_resnet() { bench resnet; }
+stage_bench_module() { bench module; }
+stage_bench_gate() { bench gate; }
 
 stage_host_time() {
-    "$PY" -m benchmarks.host_time --calls 100 --repeats 30 --out "$OUT/host-time.json"
+    "$PY" -m benchmarks.host_time --calls 100 --repeats 15 --out "$OUT/host-time.json"
 }
 
 sanitizer_bin() {
@@ -106,7 +116,7 @@ sanitizer_bin() {
 sanitize() {  # tool: the driver under compute-sanitizer, full log in $WORK, summary lines kept
     local tool=$1 log="$WORK/$1.log" rc
     # No caching allocator: every tensor is its own allocation, so memcheck sees overruns.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 36 "$(sanitizer_bin)" --tool "$tool" --print-limit 20 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 22 "$(sanitizer_bin)" --tool "$tool" --print-limit 20 \
         "$PY" tests/gpu/sanitizer_driver.py > "$log" 2>&1
     rc=$?
     {
@@ -122,7 +132,8 @@ stage_sanitizer() {
     local rc=0 mc rc_mc rc_rc
     mkdir -p "$WORK"
     # A plain run first: Triton compiles outside the sanitizer and the cubins come from its cache.
-    timeout 18 "$PY" tests/gpu/sanitizer_driver.py > "$WORK/plain.log" 2>&1 || rc=$?
+    # Within the stage's budget: 14 s plain (12 s in run 2), then 22 s for the two tools side by side.
+    timeout 14 "$PY" tests/gpu/sanitizer_driver.py > "$WORK/plain.log" 2>&1 || rc=$?
     { echo "== plain driver rc=$rc"; grep -E "^sanitizer_driver" "$WORK/plain.log"; } > "$OUT/sanitizer.log"
     # memcheck and racecheck side by side: each needs most of the stage's time.
     sanitize memcheck &
@@ -141,17 +152,8 @@ stage_gpu_probes() {
         tests/gpu/test_gpu_memory.py tests/gpu/test_gpu_compile.py
 }
 
-stage_core_tests() {
-    # Triton compiles one kernel per test variant: spread the compiles over processes where xdist is there.
-    local parallel=()
-    "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)
-    run_pytest -m gpu -x "${parallel[@]}" tests --ignore=tests/gpu
-}
-
-export -f run_pytest stage_install stage_env stage_gpu_equiv stage_bench stage_device_time stage_host_time \
-    sanitizer_bin sanitize \
-    stage_sanitizer \
-    stage_gpu_probes stage_core_tests
+export -f run_pytest bench stage_install stage_env stage_bench_resnet stage_bench_module stage_bench_gate \
+    stage_gpu_equiv stage_host_time sanitizer_bin sanitize stage_sanitizer stage_gpu_probes
 
 selected() {
     [[ $GPU_RUN_STAGES == all || ",$GPU_RUN_STAGES," == *",$1,"* ]]
@@ -165,14 +167,16 @@ done
 
 if ((DRY)); then
     echo "gpu_run.sh --dry-run: $OUT would receive the results; nothing is executed."
-    printf '  %-11s %7s  %s\n' stage budget "what it runs"
+    printf '  %-13s %7s  %s\n' stage budget "what it runs"
     for s in "${STAGES[@]}"; do
         IFS='|' read -r name budget what <<< "$s"
         selected "$name" || what="(not selected by GPU_RUN_STAGES) $what"
-        printf '  %-11s %6ss  %s\n' "$name" "$budget" "$what"
+        printf '  %-13s %6ss  %s\n' "$name" "$budget" "$what"
     done
     echo "  total budget ${total}s (limit 300s)"
+    echo "  files (${#FILES[@]}, limit 8): ${FILES[*]}"
     ((total <= 300)) || { echo "ERROR: stage budgets exceed 300 s" >&2; exit 1; }
+    ((${#FILES[@]} <= 8)) || { echo "ERROR: more than 8 files" >&2; exit 1; }
     exit 0
 fi
 
@@ -186,7 +190,7 @@ for s in "${STAGES[@]}"; do
     echo "===== $name (budget ${budget}s): $what"
     t0=$SECONDS
     case $name in
-        install | gpu_equiv | gpu_probes | core_tests)
+        install | gpu_equiv | gpu_probes)
             { echo "===== $name"; timeout -k 5 "$budget" bash -c "stage_$name"; } > "$WORK/$name.log" 2>&1
             RC[$name]=$?
             cat "$WORK/$name.log" >> "$OUT/tests.log"
@@ -203,7 +207,7 @@ done
 echo
 echo "================ gpu_run summary: $OUT ($((SECONDS - t_start)) s of ${total} s budgeted) ================"
 grep -E -m2 '^(device|python) ' "$OUT/env.txt" 2>/dev/null
-printf '%-11s %5s %12s  %s\n' stage rc "time/budget" result
+printf '%-13s %5s %12s  %s\n' stage rc "time/budget" result
 for s in "${STAGES[@]}"; do
     IFS='|' read -r name budget _ <<< "$s"
     selected "$name" || continue
@@ -211,12 +215,11 @@ for s in "${STAGES[@]}"; do
     note=""
     [[ $rc == 124 || $rc == 137 ]] && note="TIMED OUT "
     log="$WORK/$name.log"
-    [[ $name == bench ]] && log="$OUT/bench.log"
     [[ -f $log ]] && note+=$(grep -E "[0-9]+ (passed|failed|skipped|deselected|errors?) " "$log" | tail -n 1)
-    printf '%-11s %5s %6s/%-5s  %s\n' "$name" "$rc" "${SECS[$name]}s" "${budget}s" "$note"
+    printf '%-13s %5s %6s/%-5s  %s\n' "$name" "$rc" "${SECS[$name]}s" "${budget}s" "$note"
 done
-echo "--- failures (tests.log)"
-grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -n 15
+echo "--- failures (tests.log, bench.log)"
+grep -hE "^(FAILED|ERROR) " "$OUT/tests.log" "$OUT/bench.log" 2>/dev/null | head -n 15
 echo "--- sanitizer"
 grep -E "^== |SUMMARY|^sanitizer_driver|^cases done" "$OUT/sanitizer.log" 2>/dev/null
 echo "--- GPU checks (gpu_checks.json)"
@@ -234,27 +237,18 @@ for k, v in checks.items():
     if not k.startswith("equivalence/"):
         print(f"{k}: {json.dumps(v, separators=(',', ':'))[:300]}")
 PYEOF
-echo "--- device time (device-time.json: % of copy bandwidth, graph / events) and host time (host-time.json)"
-"$PY" - "$OUT" <<'PYEOF'
+echo "--- host time (host-time.json)"
+"$PY" - "$OUT/host-time.json" <<'PYEOF'
 import json, os, sys
-out = sys.argv[1]
-path = os.path.join(out, "device-time.json")
-if os.path.exists(path):
-    for r in json.load(open(path))["records"]:
-        if "shape" in r:
-            cells = " / ".join(f"{r[k]:.1f}" for k in ("pct_copy_graph", "pct_copy_events") if k in r)
-            print(f"{r['case']:<20} {r['layout']:<13} {str(r['shape']):<18} {cells}")
-path = os.path.join(out, "host-time.json")
-if os.path.exists(path):
+if os.path.exists(sys.argv[1]):
     rows = {}
-    for r in json.load(open(path))["records"]:
+    for r in json.load(open(sys.argv[1]))["records"]:
         rows.setdefault((r["path"], r["stub_kernels"]), []).append(f"{r['host_us']:.1f}")
     for (name, stub), us in rows.items():
         print(f"host {name:<15} {'no-op' if stub else 'real':<5} kernels: {' / '.join(us)} µs (nchw / cl)")
 PYEOF
-echo "--- goals (from the benchmark file)"
-bench_json=$("$PY" -c "import sys; from benchmarks.results import newest; print(newest(sys.argv[1]))" "$OUT" 2>/dev/null)
-[[ -n $bench_json ]] && "$PY" -m benchmarks.report --results "$bench_json" --summary
+echo "--- goals and the ResNet step (bench.json)"
+[[ -f $OUT/bench.json ]] && "$PY" -m benchmarks.report --results "$OUT/bench.json" --summary
 echo "--- files"
 ls -la "$OUT"
 rm -rf "$WORK"

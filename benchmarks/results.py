@@ -1,13 +1,20 @@
-"""The result file: a header describing the machine and one record per measurement.
+"""The result file: a header describing the machine and one record per (case, provider, mode).
 
-    {"schema": 1, "device": ..., "torch": ..., "triton": ..., "cuda": ..., "python": ...,
-     "date": ISO-8601, "copy_gbps": float, "quick": bool, "compile_mode": str,
+    {"schema": 2, "device": ..., "torch": ..., "triton": ..., "cuda": ..., "python": ...,
+     "date": ISO-8601, "copy_gbps": {mode: float}, "quick": bool, "compile_mode": str,
      "records": [{op, provider, dtype, layout, shape, shape_set, ms_median, ms_iqr, bytes_min,
-                  gbps, pct_copy_bw, speedup_vs_eager, speedup_vs_compiled, peak_mem_bytes,
-                  extra}, ...]}
+                  gbps, pct_copy_bw, speedup_vs_released, speedup_vs_eager, speedup_vs_compiled,
+                  peak_mem_bytes, extra}, ...]}
 
-The file is rewritten after every record, so a run killed by its time guard keeps what it
-measured. Derived fields (gbps, %, speedups) are recomputed on each write from the raw ones.
+``extra.mode`` is the timer (``eager``: wall time as a training loop sees it; ``cuda_graph``:
+device time; see benchmarks/timing.py), ``extra.samples_ms`` every sample, ``extra.profile`` the
+profiler pass where there is one. The file is rewritten after every record, so a run killed by its
+time guard keeps what it measured; a run given an existing file appends to it (gpu_run.sh's
+stages share one). Derived fields (gbps, %, speedups) are recomputed on each write from the raw
+ones, each against the same mode's figures only.
+
+Schema 1 (runs 1-3, before the released provider and the modes) is read by ``report --verify``
+only: its "eager" gate was the released code's, timed by do_bench after an L2 flush.
 """
 
 import datetime
@@ -18,7 +25,10 @@ from pathlib import Path
 
 import torch
 
-SCHEMA = 1
+from .cases import BASELINES
+from .timing import MODES
+
+SCHEMA = 2
 RECORD_FIELDS = (
     "op",
     "provider",
@@ -31,8 +41,7 @@ RECORD_FIELDS = (
     "bytes_min",
     "gbps",
     "pct_copy_bw",
-    "speedup_vs_eager",
-    "speedup_vs_compiled",
+    *(f"speedup_vs_{b}" for b in BASELINES),
     "peak_mem_bytes",
     "extra",
 )
@@ -72,35 +81,49 @@ def result_path(results_dir, device_name: str, date: str) -> Path:
     return Path(results_dir) / f"{slug}-{stamp}.json"
 
 
-def derive(records: list[dict], copy_gbps: float | None) -> None:
+def mode(record: dict) -> str:
+    return record["extra"]["mode"]
+
+
+def derive(records: list[dict], copy_gbps: dict) -> None:
     """Fill gbps, pct_copy_bw and the speedups in place.
 
-    Speedups compare providers on the same (op, dtype, layout, shape): the "eager" provider
-    (the released code's gate, the eager BAM module, the ResNet with eager BAM) and "compiled".
+    Speedups compare providers on the same (op, dtype, layout, shape, mode) against each of
+    ``BASELINES`` the group has; % of copy uses the copy bandwidth measured in the same mode.
     """
     by_key = {}
+    key = lambda r: (r["op"], r["dtype"], r["layout"], tuple(r["shape"]), mode(r))
     for r in records:
-        by_key.setdefault((r["op"], r["dtype"], r["layout"], tuple(r["shape"])), {})[r["provider"]] = r
+        by_key.setdefault(key(r), {})[r["provider"]] = r
     for r in records:
         ms = r["ms_median"]
+        roof = copy_gbps.get(mode(r))
         if r.get("bytes_min") and ms:
             r["gbps"] = r["bytes_min"] / (ms * 1e-3) / 1e9
-            r["pct_copy_bw"] = 100 * r["gbps"] / copy_gbps if copy_gbps else None
+            r["pct_copy_bw"] = 100 * r["gbps"] / roof if roof else None
         else:
             r["gbps"] = r["pct_copy_bw"] = None
-        group = by_key[(r["op"], r["dtype"], r["layout"], tuple(r["shape"]))]
-        for field, base in (("speedup_vs_eager", "eager"), ("speedup_vs_compiled", "compiled")):
+        group = by_key[key(r)]
+        for base in BASELINES:
             ref = group.get(base)
-            r[field] = ref["ms_median"] / ms if ref and ms else None
+            r[f"speedup_vs_{base}"] = ref["ms_median"] / ms if ref and ref["ms_median"] and ms else None
 
 
 class ResultsFile:
-    """Collects records and keeps ``path`` up to date (written at creation and after every add)."""
+    """Collects records and keeps ``path`` up to date (written at creation and after every add).
+
+    An existing file at ``path`` is continued: its header stays, new records are appended.
+    """
 
     def __init__(self, path: Path, header: dict):
         self.path = Path(path)
-        self.header = {"schema": SCHEMA, **header}
-        self.records: list[dict] = []
+        if self.path.exists():
+            data = load(self.path)
+            self.records: list[dict] = data.pop("records")
+            self.header = data
+        else:
+            self.header = {"schema": SCHEMA, **header}
+            self.records = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write()
 
@@ -111,20 +134,28 @@ class ResultsFile:
         record = {f: fields.get(f) for f in RECORD_FIELDS}
         record["shape"] = list(record["shape"])
         record["extra"] = record["extra"] or {}
+        if record["extra"].get("mode") not in MODES:
+            raise ValueError(f"extra.mode must be one of {MODES}, got {record['extra'].get('mode')!r}")
         self.records.append(record)
         self.write()
         return record
 
-    def add_case(self, case, timing, **fields) -> dict:
-        """A record for ``case`` (a :mod:`benchmarks.cases` case) timed as ``timing`` (a
-        :class:`benchmarks.timing.Timing`), plus ``fields``."""
-        keys = ("op", "provider", "dtype", "layout", "shape", "shape_set")
+    def add_case(self, case, provider: str, mode: str, timing, **fields) -> dict:
+        """A record of ``provider`` in ``case`` (a :mod:`benchmarks.cases` case) timed in ``mode`` as
+        ``timing`` (a :class:`benchmarks.timing.Timing`, its samples kept), plus ``fields``."""
+        keys = ("op", "dtype", "layout", "shape", "shape_set")
+        extra = {"mode": mode, **timing.extra(), **fields.pop("extra", {})}
         return self.add(
-            **{k: getattr(case, k) for k in keys}, ms_median=timing.ms_median, ms_iqr=timing.ms_iqr, **fields
+            **{k: getattr(case, k) for k in keys},
+            provider=provider,
+            ms_median=timing.ms_median,
+            ms_iqr=timing.ms_iqr,
+            extra=extra,
+            **fields,
         )
 
     def write(self) -> None:
-        derive(self.records, self.header.get("copy_gbps"))
+        derive(self.records, self.header.get("copy_gbps") or {})
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**self.header, "records": self.records}, indent=1) + "\n")
         tmp.replace(self.path)
@@ -138,7 +169,7 @@ def load(path) -> dict:
 
 
 def newest(results_dir=DEFAULT_DIR) -> Path:
-    """The result file in ``results_dir`` with the latest ``date`` in its header."""
+    """The result file (of this schema) in ``results_dir`` with the latest ``date`` in its header."""
     files = [p for p in Path(results_dir).glob("*.json")]
     dated = []
     for p in files:
@@ -147,5 +178,5 @@ def newest(results_dir=DEFAULT_DIR) -> Path:
         except (ValueError, KeyError, TypeError):
             continue
     if not dated:
-        raise FileNotFoundError(f"no benchmark result file in {results_dir}")
+        raise FileNotFoundError(f"no benchmark result file of schema {SCHEMA} in {results_dir}")
     return max(dated)[1]

@@ -1,27 +1,20 @@
-"""The gate alone: forward, backward (all three gradients) and forward+backward, per provider.
+"""The gate alone: forward, backward (all three gradients) and forward+backward, providers interleaved.
 
-Each case rotates through enough input sets to exceed L2 several times; on CUDA do_bench also
-flushes L2 before every repetition. Every provider is checked against the reference once
-before it is timed, so a wrong implementation cannot post a fast number.
+Each case rotates through enough input sets to exceed L2 several times, in both modes: eager
+(calls back to back, as a training loop makes them) and cuda_graph (one call per set captured
+in sequence, replayed: device time). Every provider is checked against the reference once before
+it is timed, so a wrong implementation cannot post a fast number.
 """
 
+import pytest
 import torch
 
 from bam_fused.common import DTYPES
 
 from . import cases
 from .bandwidth import gate_bytes_min
-from .providers import (
-    GATE_COMBINE,
-    gate_inputs,
-    gate_provider,
-    gate_reference,
-    input_set_count,
-    rotating,
-)
-from .timing import measure, peak_memory
-
-TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-3}
+from .providers import GATE_COMBINE, TOLERANCE, gate_inputs, gate_provider, gate_reference, gate_steps, input_set_count
+from .timing import compare_eager, compare_graphs, peak_memory, steps_body
 
 
 def pytest_generate_tests(metafunc):
@@ -29,60 +22,36 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("case", cases.gate_cases(metafunc.config.getoption("--quick")), ids=str)
 
 
-def _check(fn, case, inputs):
+def _check(fn, provider, case, inputs):
     x, mc, ms, _ = inputs
     with torch.no_grad():
         got = fn(x, mc, ms).float()
-        want = gate_reference(x, mc, ms, case.provider).float()
+        want = gate_reference(x, mc, ms, provider).float()
     tol = TOLERANCE[case.dtype]
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{case}: {m}")
-
-
-def _runner(fn, case, sets):
-    """The zero-argument callable timed for ``case.op``, cycling through ``sets``."""
-    if case.op == "gate_fwd":
-        nxt = rotating(sets)
-
-        def fwd():
-            x, mc, ms, _ = nxt()
-            with torch.no_grad():
-                return fn(x, mc, ms)
-
-        return fwd
-    if case.op == "gate_bwd":
-        # One retained graph per set: the backward alone is timed, forward excluded.
-        nxt = rotating([(fn(x, mc, ms), (x, mc, ms), g) for x, mc, ms, g in sets])
-
-        def bwd():
-            y, inputs, g = nxt()
-            return torch.autograd.grad(y, inputs, g, retain_graph=True)
-
-        return bwd
-
-    nxt = rotating(sets)
-
-    def fwdbwd():
-        x, mc, ms, g = nxt()
-        return torch.autograd.grad(fn(x, mc, ms), (x, mc, ms), g)
-
-    return fwdbwd
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{case} {provider}: {m}")
 
 
 def test_gate(case, device, compile_mode, results):
     itemsize = DTYPES[case.dtype].itemsize
     n_sets = input_set_count(2 * gate_bytes_min("gate_fwd", case.shape, itemsize), device)
     sets = [gate_inputs(case.shape, case.dtype, case.layout, device, True) for _ in range(n_sets)]
-    fn = gate_provider(case.provider, compile_mode)
-    _check(fn, case, sets[0])
-    run = _runner(fn, case, sets)
-    for _ in range(2):  # Triton JIT / torch.compile compile here, not in the timed region
-        run()
-    peak, _ = peak_memory(run, device)
-    t = measure(run, device)
-    results.add_case(
-        case,
-        t,
-        bytes_min=gate_bytes_min(case.op, case.shape, itemsize),
-        peak_mem_bytes=peak,
-        extra={"input_sets": n_sets, "reps": t.reps, "combine": GATE_COMBINE[case.provider]},
-    )
+    fns = {p: gate_provider(p, compile_mode) for p in case.providers}
+    for p, fn in fns.items():
+        _check(fn, p, case, sets[0])
+    steps = {p: gate_steps(fn, case.op, sets) for p, fn in fns.items()}
+    for provider_steps in steps.values():
+        for _ in range(case.sampling.warmup):  # Triton JIT / torch.compile compile here, not in the timed region
+            steps_body(provider_steps)()
+    peaks = {p: peak_memory(s[0], device)[0] for p, s in steps.items()}
+    common = {"bytes_min": gate_bytes_min(case.op, case.shape, itemsize)}
+    extra = lambda p: {"input_sets": n_sets, "combine": GATE_COMBINE[p]}
+    for p, t in compare_eager(steps, device, case.sampling).items():
+        results.add_case(case, p, "eager", t, peak_mem_bytes=peaks[p], extra=extra(p), **common)
+    del steps  # the retained graphs of gate_bwd; graph mode builds its own on the capture stream
+
+    bodies = {p: lambda fn=fn: steps_body(gate_steps(fn, case.op, sets)) for p, fn in fns.items()}
+    timings, captured, errors = compare_graphs(bodies, n_sets, device, case.sampling)
+    for p, t in timings.items():
+        results.add_case(case, p, "cuda_graph", t, extra={**extra(p), "captured": captured}, **common)
+    if errors:
+        pytest.fail(f"{case}: CUDA-graph capture failed for {errors}")

@@ -1,15 +1,20 @@
-"""The whole BAM module, forward+backward in train mode: eager BAM vs FusedBAM vs compiled BAM.
+"""The whole BAM module, forward+backward in train mode: released vs eager BAM vs FusedBAM vs compiled BAM.
 
-bf16/fp16 cases run under autocast with fp32 weights, as a mixed-precision training step does.
+Every provider holds the same weights and computes the released code's BAM (providers.BENCH_VARIANT);
+each is checked against the authors' formula (``bam_fused.BAM(variant="official")`` on the same
+weights, under the same autocast) before it is timed. bf16/fp16 cases run under autocast with fp32 weights,
+as a mixed-precision training step does. Both modes, interleaved, and a profiler pass per provider.
 """
 
+import pytest
 import torch
 
+from bam_fused import BAM
 from bam_fused.common import DTYPES, LAYOUTS
 
 from . import cases
-from .providers import autocast_for, bam_module, rotating
-from .timing import measure, peak_memory
+from .providers import BENCH_VARIANT, TOLERANCE, autocast_for, bam_module, input_set_count, module_steps
+from .timing import compare_eager, compare_graphs, cycling, peak_memory, profile_steps, steps_body
 
 
 def pytest_generate_tests(metafunc):
@@ -17,32 +22,56 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("case", cases.module_cases(metafunc.config.getoption("--quick")), ids=str)
 
 
+def check_module(provider: str, module, state: dict, x, dtype: str) -> None:
+    """``module`` (train mode) must give what ``BAM(variant=BENCH_VARIANT)`` holding ``state`` gives
+    on x (N, C, H, W), both under autocast ``dtype``: the authors' formula, computed independently
+    (in bf16 the branches round alike in both, so what is compared is the rest: the gate)."""
+    want_module = BAM(x.shape[1], variant=BENCH_VARIANT)
+    want_module.load_state_dict(state, strict=True)
+    want_module = want_module.to(x.device).train()
+    with autocast_for(dtype, x.device):
+        with torch.no_grad():
+            want = want_module(x).float()
+        # With autograd on, as the timed steps run it: a compiled module compiles its training graph once.
+        got = module(x).detach().float()
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{provider}: {m}")
+
+
 def test_bam_module(case, device, compile_mode, results):
-    module = bam_module(case.provider, case.shape[1], device, compile_mode, case.layout)
+    channels = case.shape[1]
+    state = BAM(channels, variant=BENCH_VARIANT).state_dict()
+    modules = {p: bam_module(p, channels, device, compile_mode, case.layout, state) for p in case.providers}
     dt, fmt = DTYPES[case.dtype], LAYOUTS[case.layout]
+    n_sets = input_set_count(2 * torch.Size(case.shape).numel() * dt.itemsize, device)
     sets = [
         tuple(
             torch.randn(case.shape, device=device, dtype=dt).contiguous(memory_format=fmt).requires_grad_(rg)
             for rg in (True, False)
         )
-        for _ in range(2)
+        for _ in range(n_sets)
     ]
-    nxt = rotating(sets)
+    for p, module in modules.items():
+        check_module(p, module, state, sets[0][0], case.dtype)
+    steps = {p: module_steps(m, sets, case.dtype, device) for p, m in modules.items()}
+    for provider_steps in steps.values():
+        for _ in range(case.sampling.warmup):
+            steps_body(provider_steps)()
+    peaks = {p: peak_memory(s[0], device)[0] for p, s in steps.items()}
+    extra = {"input_sets": n_sets, "variant": BENCH_VARIANT}
+    records = {
+        p: results.add_case(case, p, "eager", t, peak_mem_bytes=peaks[p], extra=extra)
+        for p, t in compare_eager(steps, device, case.sampling).items()
+    }
 
-    def step():
-        x, g = nxt()
-        with autocast_for(case.dtype, device):
-            y = module(x)
-        module.zero_grad(set_to_none=True)
-        y.backward(g.to(y.dtype))
+    # The very steps timed above, captured: same modules, optimizer and input sets.
+    bodies = {p: lambda s=s: steps_body(s) for p, s in steps.items()}
+    timings, captured, errors = compare_graphs(bodies, n_sets, device, case.sampling)
+    for p, t in timings.items():
+        results.add_case(case, p, "cuda_graph", t, extra={**extra, "captured": captured})
 
-    for _ in range(2):
-        step()
-    peak, _ = peak_memory(step, device)
-    t = measure(step, device, warmup_ms=20, rep_ms=100)
-    results.add_case(
-        case,
-        t,
-        peak_mem_bytes=peak,
-        extra={"reps": t.reps, "variant": "paper", "combine": "sum"},
-    )
+    for p, record in records.items():
+        record["extra"]["profile"] = profile_steps(cycling(steps[p]), device, case.sampling.profile_steps)
+        results.write()
+    if errors:
+        pytest.fail(f"{case}: CUDA-graph capture failed for {errors}")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bam_fused import BAM, FusedBAM, convert_to_fused
-from released_bam import BAM as ReleasedBAM
+from benchmarks.released_bam import BAM as ReleasedBAM
 
 OFFICIAL_KEYS = {
     f"channel_att.gate_c.{k}"

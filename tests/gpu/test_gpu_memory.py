@@ -10,7 +10,7 @@ import torch
 
 from bam_fused import reference
 from bam_fused.common import RESNET50_BAM_SHAPES
-from benchmarks.providers import gate_eager, gate_fused, gate_inputs, resnet_model, resnet_step
+from benchmarks.providers import gate_fused, gate_inputs, gate_released, resnet_model, resnet_step
 from benchmarks.timing import peak_memory
 from gpu_common import DEVICE, ON_GPU, record
 
@@ -40,7 +40,7 @@ def test_fused_gate_saves_only_its_inputs():
     x, mc, ms, _ = gate_inputs(shape, "bf16", "channels_last", DEVICE, requires_grad=True)
     inputs = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (x, mc, ms)}
     fused = _saved_storages(gate_fused, x, mc, ms)
-    eager = _saved_storages(gate_eager, x, mc, ms)
+    eager = _saved_storages(gate_released, x, mc, ms)
     ref = _saved_storages(_reference_gate, x, mc, ms)
     extra = lambda saved: sum(b for p, b in saved.items() if p not in inputs)
     record(

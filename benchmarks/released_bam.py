@@ -1,5 +1,8 @@
 """A BAM written the way the authors' released code writes it (attention-module, MODELS/bam.py):
-the layout, names and forward that released checkpoints come from. Used to check that
+the layout, names and forward that released checkpoints come from.
+
+The benchmarks' ``released`` provider (the baseline users of the released code run: under
+autocast every step, the gate included, runs in x's dtype), and the tests' check that
 ``variant="official"`` loads those weights strictly and computes the same thing."""
 
 import torch
