@@ -1,7 +1,7 @@
 """What one train-mode BAM forward+backward costs, counted on any machine: autograd nodes, aten
 calls, kernel launches, and the full-size passes over x's size.
 
-    python -m benchmarks.module_cost [--shape N C H W] [--json]
+    python -m benchmarks.module_cost [--shape N C H W] [--json] [--out FILE.json]
 
 On the GPU host every aten call and launch costs microseconds whatever the map size, so the
 counts are the module's host floor; full-size operands are its memory traffic in units of x.
@@ -166,10 +166,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", type=int, nargs=4, default=DEFAULT_SHAPE, metavar=("N", "C", "H", "W"))
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--out", help="also write the rows, with the machine and versions, here as JSON")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = cost_table(tuple(args.shape), device)
     print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else markdown(rows))
+    if args.out:
+        from .results import environment
+
+        record = {**environment(torch.device(device)), "shape": list(args.shape), "dtype": "fp32", "mode": "train"}
+        with open(args.out, "w") as f:
+            json.dump({**record, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            f.write("\n")
     return 0
 
 

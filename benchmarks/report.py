@@ -24,6 +24,7 @@ from .cases import BASELINES, GATE_OPS, GATE_PROVIDERS, MODULE_PROVIDERS, RESNET
 from .results import DEFAULT_DIR, load, mode, newest
 from .timing import MODES
 
+# The goals of the GPU issue (bf16, the ResNet-50 BAM shapes, worst shape).
 # (label, op, field, goal): the fused provider's ``field`` must reach ``goal`` at its worst shape.
 GOALS = (
     ("gate forward, % of copy bandwidth", "gate_fwd", "pct_copy_bw", 90.0),
@@ -31,11 +32,12 @@ GOALS = (
     ("gate forward vs torch.compile", "gate_fwd", "speedup_vs_compiled", 1.0),
     ("gate backward vs torch.compile", "gate_bwd", "speedup_vs_compiled", 1.4),
     ("gate fwd+bwd vs released", "gate_fwdbwd", "speedup_vs_released", 4.0),
-    ("BAM module fwd+bwd vs released", "bam_module", "speedup_vs_released", 2.0),
-    ("BAM module fwd+bwd vs compiled", "bam_module", "speedup_vs_compiled", 1.15),
+    ("BAM module fwd+bwd vs released", "bam_module", "speedup_vs_released", 4.0),
+    ("BAM module fwd+bwd vs compiled", "bam_module", "speedup_vs_compiled", 2.0),
 )
-# ResNet step: FusedBAM's overhead over no BAM at most this share of the released BAM's.
-RESNET_OVERHEAD_GOAL = 0.4
+# ResNet-50 step: FusedBAM's overhead over no BAM, in % of the plain step, at most this per timer
+# (eager BAM measured +42 % in run 2).
+RESNET_OVERHEAD_GOAL = {"eager": 12.0, "cuda_graph": 8.0}
 MODE_LABEL = {"eager": "wall time (training loop)", "cuda_graph": "device time (CUDA graph)"}
 
 
@@ -80,42 +82,43 @@ def goals(data) -> list[dict]:
             value, worst = _worst(records, op, field, m)
             by_mode[m] = (value, f"{worst['layout']} {_shape(worst['shape'])}" if worst else "no data")
         rows.append({"label": label, "goal": f"≥ {goal:g}", "by_mode": by_mode, "at_least": goal})
-    overhead, saved = {}, {}
+    overhead, saved = {}, {"released": {}, "compiled": {}}
     for m in MODES:
         steps = _resnet_steps(records, m)
-        if {"none", "released", "fused"} <= set(steps):
-            none, released, fused = (steps[p]["ms_median"] for p in ("none", "released", "fused"))
-            ratio = (fused - none) / (released - none) if released != none else None
-            overhead[m] = (ratio, steps["fused"]["op"])
+        if {"none", "fused"} <= set(steps):
+            none, fused = steps["none"]["ms_median"], steps["fused"]["ms_median"]
+            overhead[m] = (100 * (fused / none - 1), steps["fused"]["op"])
         # The step's own peak above what was allocated before it: the absolute peak also holds the
         # other providers' models, resident while the providers are interleaved.
-        peaks = {p: steps[p]["peak_mem_bytes"] for p in ("released", "fused") if p in steps}
-        if None not in peaks.values() and len(peaks) == 2:
-            saved[m] = ((peaks["released"] - peaks["fused"]) / 2**20, steps["fused"]["op"])
+        for base in saved:
+            peaks = {p: steps[p]["peak_mem_bytes"] for p in (base, "fused") if p in steps}
+            if None not in peaks.values() and len(peaks) == 2:
+                saved[base][m] = ((peaks[base] - peaks["fused"]) / 2**20, steps["fused"]["op"])
+    goal = " / ".join(f"≤ {v:g} %" for v in RESNET_OVERHEAD_GOAL.values())
     rows.append(
         {
-            "label": "ResNet step: FusedBAM overhead / released BAM overhead",
-            "goal": f"≤ {RESNET_OVERHEAD_GOAL:g}",
+            "label": "ResNet step: FusedBAM overhead over no BAM (%)",
+            "goal": f"{goal} ({' / '.join(RESNET_OVERHEAD_GOAL)})",
             "by_mode": overhead,
             "at_most": RESNET_OVERHEAD_GOAL,
         }
     )
-    rows.append(
-        {"label": "ResNet step: peak memory saved vs released (MiB)", "goal": "> 0", "by_mode": saved, "above": 0.0}
-    )
+    for base, by_mode in saved.items():
+        label = f"ResNet step: peak memory saved vs {base} (MiB)"
+        rows.append({"label": label, "goal": "> 0", "by_mode": by_mode, "above": 0.0})
     for row in rows:
         for m, (value, where) in row["by_mode"].items():
             row["by_mode"][m] = (value, where if real else f"{where} (smoke data, not goal shapes)")
     return rows
 
 
-def _met(row, value) -> bool | None:
+def _met(row, value, mode_name: str) -> bool | None:
     if value is None:
         return None
     if "at_least" in row:
         return value >= row["at_least"]
     if "at_most" in row:
-        return value <= row["at_most"]
+        return value <= row["at_most"][mode_name]
     return value > row["above"]
 
 
@@ -126,7 +129,7 @@ def goal_table(data) -> str:
         cells = []
         for m in MODES:
             value, where = row["by_mode"].get(m, (None, "no data"))
-            met = {True: "yes", False: "**no**", None: "–"}[_met(row, value)]
+            met = {True: "yes", False: "**no**", None: "–"}[_met(row, value, m)]
             cells += [f"{_f(value, '{:.2f}')} ({where})", met]
         lines.append(f"| {row['label']} | {row['goal']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..common import next_pow2
-from .dot import MIN_DOT, dot, dot_meta
+from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import launch_guard, tl_dtype
 
 # The batch and the hidden width live in registers: [BLOCK_N × BLOCK_H] up to this many values.
@@ -35,9 +35,9 @@ MLP_WARPS = 8
 
 
 @triton.jit
-def _round(v, BRANCH: tl.constexpr, COMPUTE: tl.constexpr):
-    """v as eager PyTorch would hold it in the branch dtype, back in the compute dtype."""
-    return v.to(BRANCH).to(COMPUTE)
+def _round(v, BRANCH: tl.constexpr, EMULATE: tl.constexpr):
+    """v as eager PyTorch would hold it in the branch dtype, back in v's dtype."""
+    return cast(v, BRANCH, EMULATE).to(v.dtype)
 
 
 @triton.jit
@@ -133,14 +133,14 @@ def channel_mlp_fwd_kernel(
         p = tl.load(p_ptr + n[:, None] * C + c[None, :], mask=n_mask[:, None] & c_mask[None, :], other=0.0)
         w1t = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
         u1 = dot(p, w1t, u1, DOT, PRECISION, EMULATE)
-    u1 = _round(u1 + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, COMPUTE)
+    u1 = _round(u1 + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, EMULATE)
     mean1, var1 = _bn_stats(u1, nj_mask, N, BN1_BATCH, bn1_rm_ptr, bn1_rv_ptr, j, j_mask, COMPUTE)
     invstd1 = 1.0 / tl.sqrt(var1 + eps1)
     if BN1_UPDATE:
         _bn_update_running(bn1_rm_ptr, bn1_rv_ptr, j, j_mask, mean1, var1, momentum1, N)
     gamma1 = tl.load(bn1_w_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
     beta1 = tl.load(bn1_b_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
-    a1 = _round((u1 - mean1[None, :]) * (invstd1 * gamma1)[None, :] + beta1[None, :], BRANCH, COMPUTE)
+    a1 = _round((u1 - mean1[None, :]) * (invstd1 * gamma1)[None, :] + beta1[None, :], BRANCH, EMULATE)
     a1 = tl.where(nj_mask, tl.maximum(a1, 0.0), 0.0)
     nj = n[:, None] * h + j[None, :]
     tl.store(out_ptr + u1_offset + nj, u1, mask=nj_mask)
@@ -155,7 +155,7 @@ def channel_mlp_fwd_kernel(
         nc_mask = n_mask[:, None] & c_mask[None, :]
         w2t = tl.load(w2_ptr + c[None, :] * h + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
         u2 = dot(a1, w2t, tl.zeros([BLOCK_N, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
-        u2 = _round(u2 + tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, COMPUTE)
+        u2 = _round(u2 + tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, EMULATE)
         nc = n[:, None] * C + c[None, :]
         if HAS_BNC:
             mean2, var2 = _bn_stats(u2, nc_mask, N, BNC_BATCH, bnc_rm_ptr, bnc_rv_ptr, c, c_mask, COMPUTE)
@@ -164,7 +164,7 @@ def channel_mlp_fwd_kernel(
                 _bn_update_running(bnc_rm_ptr, bnc_rv_ptr, c, c_mask, mean2, var2, momentumc, N)
             gamma2 = tl.load(bnc_w_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
             beta2 = tl.load(bnc_b_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
-            mc = _round((u2 - mean2[None, :]) * (invstd2 * gamma2)[None, :] + beta2[None, :], BRANCH, COMPUTE)
+            mc = _round((u2 - mean2[None, :]) * (invstd2 * gamma2)[None, :] + beta2[None, :], BRANCH, EMULATE)
             tl.store(out_ptr + u2_offset + nc, u2, mask=nc_mask)
             tl.store(out_ptr + mean2_offset + c, mean2, mask=c_mask)
             tl.store(out_ptr + mean2_offset + C + c, invstd2, mask=c_mask)
@@ -235,31 +235,31 @@ def channel_mlp_bwd_kernel(
             gamma2 = tl.load(bnc_w_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
             xhat2 = (u2 - mean2[None, :]) * invstd2[None, :]
             g_u2, g_gamma2, g_beta2 = _bn_backward(g_u2, xhat2, nc_mask, gamma2, invstd2, N, BNC_BATCH)
-            g_u2 = _round(g_u2, BRANCH, COMPUTE)
+            g_u2 = _round(g_u2, BRANCH, EMULATE)
             tl.store(grad_ptr + g_bnc_w_offset + c, g_gamma2.to(grad_ty), mask=c_mask)
             tl.store(grad_ptr + g_bnc_b_offset + c, g_beta2.to(grad_ty), mask=c_mask)
         g_u2 = tl.where(nc_mask, g_u2, 0.0)
         g_w2 = dot(tl.trans(g_u2), a1, tl.zeros([BLOCK_C, BLOCK_H], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         w2_offs = c[:, None] * h + j[None, :]
         w2_mask = c_mask[:, None] & j_mask[None, :]
-        tl.store(grad_ptr + g_w2_offset + w2_offs, _round(g_w2, BRANCH, COMPUTE).to(grad_ty), mask=w2_mask)
-        g_b2 = _round(tl.sum(g_u2, axis=0), BRANCH, COMPUTE)
+        tl.store(grad_ptr + g_w2_offset + w2_offs, _round(g_w2, BRANCH, EMULATE).to(grad_ty), mask=w2_mask)
+        g_b2 = _round(tl.sum(g_u2, axis=0), BRANCH, EMULATE)
         tl.store(grad_ptr + g_b2_offset + c, g_b2.to(grad_ty), mask=c_mask)
         w2 = tl.load(w2_ptr + w2_offs, mask=w2_mask, other=0.0)
         g_a1 = dot(g_u2, w2, g_a1, DOT, PRECISION, EMULATE)
 
     # ReLU and BN1.
-    g_a1 = tl.where(a1 > 0.0, _round(g_a1, BRANCH, COMPUTE), 0.0)
+    g_a1 = tl.where(a1 > 0.0, _round(g_a1, BRANCH, EMULATE), 0.0)
     u1 = tl.load(save_ptr + u1_offset + nj, mask=nj_mask, other=0.0)
     mean1 = tl.load(save_ptr + mean1_offset + j, mask=j_mask, other=0.0)
     invstd1 = tl.load(save_ptr + mean1_offset + h + j, mask=j_mask, other=0.0)
     gamma1 = tl.load(bn1_w_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
     xhat1 = (u1 - mean1[None, :]) * invstd1[None, :]
     g_u1, g_gamma1, g_beta1 = _bn_backward(g_a1, xhat1, nj_mask, gamma1, invstd1, N, BN1_BATCH)
-    g_u1 = tl.where(nj_mask, _round(g_u1, BRANCH, COMPUTE), 0.0)
+    g_u1 = tl.where(nj_mask, _round(g_u1, BRANCH, EMULATE), 0.0)
     tl.store(grad_ptr + g_bn1_w_offset + j, g_gamma1.to(grad_ty), mask=j_mask)
     tl.store(grad_ptr + g_bn1_b_offset + j, g_beta1.to(grad_ty), mask=j_mask)
-    tl.store(grad_ptr + g_b1_offset + j, _round(tl.sum(g_u1, axis=0), BRANCH, COMPUTE).to(grad_ty), mask=j_mask)
+    tl.store(grad_ptr + g_b1_offset + j, _round(tl.sum(g_u1, axis=0), BRANCH, EMULATE).to(grad_ty), mask=j_mask)
 
     # The first Linear, the channels in chunks: ∂L/∂W1 and ∂L/∂p, over ∂L/∂mc (every thread is
     # done reading it: the barrier makes sure).
@@ -273,10 +273,10 @@ def channel_mlp_bwd_kernel(
         g_w1 = dot(tl.trans(g_u1), p, tl.zeros([BLOCK_H, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         w1_offs = j[:, None] * C + c[None, :]
         w1_mask = j_mask[:, None] & c_mask[None, :]
-        tl.store(grad_ptr + g_w1_offset + w1_offs, _round(g_w1, BRANCH, COMPUTE).to(grad_ty), mask=w1_mask)
+        tl.store(grad_ptr + g_w1_offset + w1_offs, _round(g_w1, BRANCH, EMULATE).to(grad_ty), mask=w1_mask)
         w1 = tl.load(w1_ptr + w1_offs, mask=w1_mask, other=0.0)
         g_p = dot(g_u1, w1, tl.zeros([BLOCK_N, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
-        tl.store(gmc_ptr + nc, g_p.to(gmc_ptr.dtype.element_ty), mask=nc_mask)
+        tl.store(gmc_ptr + nc, cast(g_p, BRANCH, EMULATE), mask=nc_mask)
 
 
 class MlpPlan(NamedTuple):

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, compute_dtype
+from .dot import cast, emulate_bf16
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
 from .layout import (
     NUM_WARPS,
@@ -79,6 +80,7 @@ def gate_bwd_kernel(
     HAS_MF: tl.constexpr,
     RESIDUAL: tl.constexpr,  # gx = g · (1 + s), else g · s
     STORE_GX: tl.constexpr,  # write gx (the fused module writes its own gx later)
+    G_LIKE_X: tl.constexpr,  # g has x's strides (the usual case: no second set of offsets)
     BLOCK_W: tl.constexpr,  # chunk of the walked axis
     BLOCK_F: tl.constexpr,  # block of the fast axis
     INT64: tl.constexpr,  # 64-bit offsets
@@ -114,7 +116,10 @@ def gate_bwd_kernel(
             mw = tl.load(mw_ptr + n * walk_size + w, mask=w_mask, other=0.0).to(COMPUTE)
         mask = w_mask[:, None] & f_mask[None, :]
         offs = n * stride_n + w[:, None] * stride_w + f[None, :] * stride_f
-        g_offs = n * g_stride_n + w[:, None] * g_stride_w + f[None, :] * g_stride_f
+        if G_LIKE_X:
+            g_offs = offs
+        else:
+            g_offs = n * g_stride_n + w[:, None] * g_stride_w + f[None, :] * g_stride_f
         s = gate_sigmoid(gate_preactivation(mw[:, None], mf[None, :], COMBINE, HAS_MW, HAS_MF))
         g = tl.load(g_ptr + g_offs, mask=mask, other=0.0).to(COMPUTE)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
@@ -143,8 +148,9 @@ def gate_bwd_kernel(
 
 
 @triton.jit
-def _sum_parts(part_ptr, out_ptr, start, numel, P, L, BLOCK: tl.constexpr):
-    """out[n, l] = Σ_p part[n, p, l], p in order, for the BLOCK flat indices n·L + l from ``start``."""
+def _sum_parts(part_ptr, out_ptr, start, numel, P, L, BLOCK: tl.constexpr, EMULATE: tl.constexpr):
+    """out[n, l] = Σ_p part[n, p, l], p in order, for the BLOCK flat indices n·L + l from ``start``
+    (EMULATE: kernels.dot.cast's bf16 rounding under the interpreter)."""
     o = start + tl.arange(0, BLOCK)
     mask = o < numel
     n = o // L
@@ -152,7 +158,7 @@ def _sum_parts(part_ptr, out_ptr, start, numel, P, L, BLOCK: tl.constexpr):
     acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
     for p in range(P):
         acc += tl.load(part_ptr + base + p * L, mask=mask, other=0.0)
-    tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + o, cast(acc, out_ptr.dtype.element_ty, EMULATE), mask=mask)
 
 
 @triton.jit
@@ -172,14 +178,17 @@ def gate_bwd_reduce_kernel(
     HAS_MC: tl.constexpr,
     HAS_MS: tl.constexpr,
     BLOCK: tl.constexpr,
+    EMULATE_MC: tl.constexpr,  # kernels.dot's bf16 rounding for gmc, gms (under the interpreter)
+    EMULATE_MS: tl.constexpr,
 ):
     """Stage two: both maps' partials summed over their middle axis in one launch, in a fixed
     order, and cast to the maps' dtypes."""
     pid = tl.program_id(0)
     if HAS_MC and pid < gmc_programs:
-        _sum_parts(part_ptr + gmc_part_offset, gmc_ptr, pid * BLOCK, gmc_numel, P_c, C, BLOCK)
+        _sum_parts(part_ptr + gmc_part_offset, gmc_ptr, pid * BLOCK, gmc_numel, P_c, C, BLOCK, EMULATE_MC)
     elif HAS_MS:
-        _sum_parts(part_ptr + gms_part_offset, gms_ptr, (pid - gmc_programs) * BLOCK, gms_numel, P_hw, HW, BLOCK)
+        gms_start = (pid - gmc_programs) * BLOCK
+        _sum_parts(part_ptr + gms_part_offset, gms_ptr, gms_start, gms_numel, P_hw, HW, BLOCK, EMULATE_MS)
 
 
 class BwdConfig(NamedTuple):
@@ -346,6 +355,7 @@ def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine
             HAS_MF=mf is not None,
             RESIDUAL=residual,
             STORE_GX=gx is not None,
+            G_LIKE_X=g_strides == plan.args[2:5],
             **plan.meta,
         )
 
@@ -366,6 +376,8 @@ def launch_gate_bwd_stage_two(parts, gmc, gms, plan: BwdPlan) -> None:
             gmc_programs,
             HAS_MC=gmc is not None,
             HAS_MS=gms is not None,
+            EMULATE_MC=gmc is not None and emulate_bf16(gmc.dtype),
+            EMULATE_MS=gms is not None and emulate_bf16(gms.dtype),
             **plan.reduce_meta,
         )
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, compute_dtype, next_pow2
-from .dot import MIN_DOT, dot, dot_meta
+from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype
 
 # Positions per program, at most, and channels per chunk for 2-byte x (half that for wider x):
@@ -82,7 +82,7 @@ def pool_reduce_kernel(
     if REDUCE:
         z += tl.load(b_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[:, None]
         z_offs = n * z_stride_n + j[:, None] * z_stride_c + hw[None, :] * z_stride_hw
-        tl.store(z_ptr + z_offs, z.to(z_ptr.dtype.element_ty), mask=j_mask[:, None] & hw_mask[None, :])
+        tl.store(z_ptr + z_offs, cast(z, DOT, EMULATE), mask=j_mask[:, None] & hw_mask[None, :])
 
 
 class PoolReducePlan(NamedTuple):

@@ -152,7 +152,8 @@ def _count(ptx: str, kind: str) -> tuple[int, int]:
 
 def _gate_launches(dtype: torch.dtype, channels_last: bool, bwd_stages: int | None) -> list:
     """(mode, kernel, args, kwargs) of the gate's launches at bam1's map, per mode: forward, the
-    backward's two stages (the reduction once: it does not depend on the mode)."""
+    backward's two stages (the reduction once: it does not depend on the mode); and stage one
+    once more for an expanded g."""
     from .gate_bwd import bwd_config, gate_bwd
     from .gate_fwd import gate_fwd
 
@@ -170,7 +171,11 @@ def _gate_launches(dtype: torch.dtype, channels_last: bool, bwd_stages: int | No
             gate_fwd(x, mc, ms, combine=combine, residual=True)
             gate_bwd(torch.empty_like(x), x, mc, ms, combine=combine, residual=True, config=config)
         jobs += [(mode, *launch) for launch in launches if mode == "sum" or "reduce" not in launch[0].__name__]
-    return jobs
+    # The gradient of y.sum(): g expanded from one value (stride 0), read as it is.
+    with captured_launches() as launches:
+        g = torch.empty(1, device="meta", dtype=dtype).expand(x.shape)
+        gate_bwd(g, x, mc, ms, combine="sum", residual=True, config=config)
+    return jobs + [("sum, g expanded", *launches[0])]
 
 
 def _module_launches(dtype: torch.dtype, channels_last: bool) -> list:

@@ -138,15 +138,17 @@ def test_branches_depths_and_widths(branches, dilation_conv_num, reduction_ratio
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_module(dtype):
-    """A module and x in a half type: every intermediate rounded where eager rounds it."""
-    eager, fused = _pair(dtype, variant="official")
-    _check_steps(eager, fused, (4, 16, 6, 6), dtype, torch.channels_last)
+    """A module and x in a half type: every intermediate rounded where eager rounds it. (Batch and
+    map large enough that BatchNorm's backward does not turn bf16 rounding into chaos: at 4×16×6×5
+    eager's own error against float64 ranged 0.6 %–29 % over four seeds.)"""
+    eager, fused = _pair(dtype, args=(32, 4), variant="official")
+    _check_steps(eager, fused, (8, 32, 8, 8), dtype, torch.channels_last)
 
 
 def test_autocast_bfloat16():
     """fp32 weights, fp32 x, bf16 autocast: the branches in bf16 as eager's autocast runs them."""
-    eager, fused = _pair()
-    _check_steps(eager, fused, (4, 16, 6, 5), torch.float32, autocast_dtype=torch.bfloat16)
+    eager, fused = _pair(args=(32, 4))
+    _check_steps(eager, fused, (8, 32, 8, 7), torch.float32, autocast_dtype=torch.bfloat16)
 
 
 def test_batch_norm_options():

@@ -19,9 +19,11 @@ def test_cli_runs_and_reports_agreement():
 
 
 def test_module_check_used_on_cuda_agrees(device):
-    """The FusedBAM-vs-BAM check the CUDA report prints, at a small shape in bf16 autocast."""
-    assert check_modules((2, 32, 6, 6), device, torch.bfloat16) < 2e-2
-    assert check_modules((2, 32, 6, 6), device, torch.float32) < 1e-5
+    """The FusedBAM-vs-BAM check the CUDA report prints, at a small shape: FusedBAM as near float64
+    as BAM is in bf16 autocast, and both near it in float32."""
+    fused_err, eager_err = check_modules((4, 32, 6, 6), device, torch.bfloat16)
+    assert fused_err <= 3 * eager_err + 1e-2, (fused_err, eager_err)
+    assert max(check_modules((4, 32, 6, 6), device, torch.float32)) < 1e-5
 
 
 def test_cuda_report_runs_on_this_device(device, capsys):
@@ -29,5 +31,5 @@ def test_cuda_report_runs_on_this_device(device, capsys):
     torch._dynamo.reset()
     report(device, [(2, 16, 4, 4)], lambda fn: time_cpu(fn, reps=1))
     out = capsys.readouterr().out
-    assert "FusedBAM vs BAM" in out and "Gate forward+backward" in out
+    assert "FusedBAM and BAM" in out and "Gate forward+backward" in out
     assert out.count("(2, 16, 4, 4)") == 2 and "x" in out.splitlines()[-1]
