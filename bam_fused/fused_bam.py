@@ -24,7 +24,6 @@ from torch import nn
 
 from .common import FLOAT_DTYPES
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _GLOBAL_HOOKS = (
     "_global_forward_hooks",
     "_global_forward_pre_hooks",
@@ -92,6 +91,26 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
     a transform that must see every op, and shapes the one-program channel branch cannot hold
     go the per-op way.
     """
+    checked = check_fused_path(module, x)
+    return checked if isinstance(checked, str) else None
+
+
+def _hooked(module: nn.Module) -> nn.Module | None:
+    """A submodule of ``module`` with a forward or backward hook, if any (a plain walk of the
+    ``_modules`` dicts: ``module.modules()`` cost 50 µs a call here)."""
+    stack = list(module._modules.values())
+    while stack:
+        m = stack.pop()
+        if m is None:
+            continue
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return m
+        stack.extend(m._modules.values())
+    return None
+
+
+def check_fused_path(module, x: torch.Tensor) -> "_Branches | str":
+    """The module's branches when its fused path can run on x, else why not (see fused_path_blocker)."""
     from .kernels.channel_mlp import mlp_fits
     from .ops import triton_can_run
 
@@ -103,17 +122,16 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
         return "torch.jit.trace records aten ops"
     if x.dtype not in FLOAT_DTYPES:
         return f"x is {x.dtype}"
-    functorch = torch._C._functorch.is_functorch_wrapped_tensor(x)
-    if functorch or torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+    if torch.autograd.forward_ad._current_level >= 0 or torch._C._functorch.is_functorch_wrapped_tensor(x):
         return "forward-mode AD and torch.func transforms need the per-op path"
     N, C, H, W = x.shape
     if N == 0 or H * W == 0 or C == 0:
         return "an empty batch or map"
     if any(getattr(torch.nn.modules.module, name) for name in _GLOBAL_HOOKS):
         return "global module hooks are registered"
-    for m in module.modules():
-        if m is not module and any(getattr(m, d, None) for d in _HOOK_DICTS):
-            return f"a hook is registered on {type(m).__name__}"
+    hooked = _hooked(module)
+    if hooked is not None:
+        return f"a hook is registered on {type(hooked).__name__}"
     branches = _branches(module)
     if isinstance(branches, str):
         return branches
@@ -121,9 +139,8 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
     if reason:
         return reason
     for m in _layers(branches):
-        for name in ("weight", "bias"):
-            if m._parameters.get(name) is None:
-                return f"{type(m).__name__}.{name} is not a Parameter"
+        if m._parameters.get("weight") is None or m._parameters.get("bias") is None:
+            return f"{type(m).__name__}'s weight or bias is not a Parameter"
     if branches.fc0 is not None and not mlp_fits(N, branches.fc0.out_features):
         return f"a batch of {N} is more than one program holds for the channel branch"
     convs = (branches.reduce, branches.conv_final, *(conv for conv, _ in branches.dilated))
@@ -132,10 +149,10 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
             return "a convolution with groups, stride or padding mode other than the module's"
     if branches.reduce is not None and branches.reduce.kernel_size != (1, 1):
         return "a reduce convolution that is not 1×1"
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        if any(bn.momentum is None and bn.training and bn.track_running_stats for bn in _bns(branches)):
+    if any(bn.momentum is None and bn.training and bn.track_running_stats for bn in _bns(branches)):
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return "momentum=None reads num_batches_tracked on the host, which a CUDA graph capture forbids"
-    return None
+    return branches
 
 
 def _layers(branches: _Branches):
@@ -510,11 +527,12 @@ class _FusedBAMFunction(torch.autograd.Function):
         return grads[0], None, *grads[1:]
 
 
-def fused_bam(module, x: torch.Tensor) -> torch.Tensor:
-    """``module`` (a FusedBAM whose :func:`fused_path_blocker` is None) on x (N, C, H, W), as one node."""
+def fused_bam(module, x: torch.Tensor, branches: _Branches | None = None) -> torch.Tensor:
+    """``module`` (a FusedBAM whose :func:`fused_path_blocker` is None) on x (N, C, H, W), as one
+    node; ``branches``: its :func:`check_fused_path` result, when the caller has it."""
     from .kernels.layout import as_kernel_layout
 
-    branches = _branches(module)
+    branches = branches or _branches(module)
     params = _params(branches)
     keep = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     call = _call_info(module, x, branches, keep)

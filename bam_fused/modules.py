@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .common import BACKENDS, BRANCHES, COMBINES, VARIANT_COMBINE, VARIANTS
-from .fused_bam import fused_bam, fused_path_blocker
+from .fused_bam import check_fused_path, fused_bam
 from .ops import bam_gate
 from .pytorchcv_layout import pytorchcv_bam_parts
 
@@ -186,8 +186,10 @@ class FusedBAM(BAM):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         # Under torch.compile the per-op path is traced (the check below would be too).
-        if not torch.compiler.is_compiling() and fused_path_blocker(self, x) is None:
-            return fused_bam(self, x)
+        if not torch.compiler.is_compiling():
+            branches = check_fused_path(self, x)
+            if not isinstance(branches, str):
+                return fused_bam(self, x, branches)
         return super().forward(x)
 
 

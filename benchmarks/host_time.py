@@ -13,6 +13,13 @@ over many repeats of a batch of calls (interference only ever adds time). Paths:
     floor_autograd   an autograd.Function that only allocates its outputs: what any
                      Python-defined op pays for its node and backward, our code aside
 
+and for the whole module (on CUDA the host's cost; on CPU a smoke test, see module_calls), one
+train-mode forward+backward of BAM(C) and of FusedBAM(C), and FusedBAM's check for its path:
+
+    module_bam       eager BAM: the branches' nn.Modules through autograd, the reference gate
+    module_fused     FusedBAM's one autograd node
+    module_blocker   fused_path_blocker, which every FusedBAM call runs first
+
 With no-op kernels (the three ``@triton.jit`` functions swapped out) only our Python and
 torch's remain: the only mode without CUDA, where the kernels would run in the interpreter.
 On CUDA it times both that and the real kernels on a tiny map, where the device never holds
@@ -33,7 +40,17 @@ from bam_fused.common import interpret_without_cuda
 interpret_without_cuda()  # the launchers accept CPU tensors only under the interpreter
 
 PATHS = ("fwd_nograd", "fwd_grad", "bwd_autograd", "bwd_launchers", "floor_autograd")
-KERNELS = (("gate_fwd", "gate_fwd_kernel"), ("gate_bwd", "gate_bwd_kernel"), ("gate_bwd", "gate_bwd_reduce_kernel"))
+MODULE_PATHS = ("module_bam", "module_fused", "module_blocker")
+KERNELS = (
+    ("gate_fwd", "gate_fwd_kernel"),
+    ("gate_bwd", "gate_bwd_kernel"),
+    ("gate_bwd", "gate_bwd_reduce_kernel"),
+    ("pool_reduce", "pool_reduce_kernel"),
+    ("channel_mlp", "channel_mlp_fwd_kernel"),
+    ("channel_mlp", "channel_mlp_bwd_kernel"),
+    ("input_grad", "input_grad_kernel"),
+    ("input_grad", "input_grad_reduce_kernel"),
+)
 
 
 class _NoLaunch:
@@ -119,6 +136,27 @@ def path_calls(shape, layout: str, device) -> dict:
     }
 
 
+def module_calls(shape, layout: str, device) -> dict:
+    """A zero-argument callable per entry of MODULE_PATHS: train-mode forward+backward of BAM and
+    FusedBAM (paper variant) on x of ``shape`` in ``layout``. On CUDA, at a tiny map, the device
+    never holds the host back: the time is the host's. On CPU the branches' convolutions compute
+    (oneDNN's fixed cost per call dominates there), so the CPU figures are a smoke test, not the
+    host cost of a GPU step."""
+    from bam_fused import BAM, FusedBAM
+    from bam_fused.fused_bam import fused_path_blocker
+
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    eager = BAM(shape[1]).to(device).train()
+    fused = FusedBAM(shape[1], backend="triton").to(device).train()
+    x = torch.randn(shape, device=device).contiguous(memory_format=fmt).requires_grad_()
+    g = torch.randn_like(x)
+    return {
+        "module_bam": lambda: eager(x).backward(g),
+        "module_fused": lambda: fused(x).backward(g),
+        "module_blocker": lambda: fused_path_blocker(fused, x),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stub", action="store_true", help="no-op kernels only (the only mode without CUDA)")
@@ -137,8 +175,8 @@ def main(argv=None) -> int:
     for stub in stub_modes:
         with stub_kernels() if stub else contextlib.nullcontext():
             for layout in ("nchw", "channels_last"):
-                fns = path_calls(tuple(args.shape), layout, device)
-                for path in PATHS:
+                fns = path_calls(tuple(args.shape), layout, device) | module_calls(tuple(args.shape), layout, device)
+                for path in PATHS + MODULE_PATHS:
                     us = host_us(fns[path], device, calls, repeats)
                     records.append({"path": path, "layout": layout, "stub_kernels": stub, "host_us": us})
                     print(f"{path:<15} {layout:<13} {'no-op' if stub else 'real':<6} kernels {us:7.1f} µs")

@@ -228,7 +228,7 @@ def test_result_file_round_trip(tmp_path):
 def test_host_time_runs_with_no_op_kernels_and_restores_them(tmp_path):
     import importlib
 
-    from benchmarks.host_time import KERNELS, stub_kernels
+    from benchmarks.host_time import KERNELS, MODULE_PATHS, PATHS, stub_kernels
 
     modules = [importlib.import_module(f"bam_fused.kernels.{m}") for m, _ in KERNELS]
     before = [getattr(mod, attr) for mod, (_, attr) in zip(modules, KERNELS)]
@@ -243,7 +243,8 @@ def test_host_time_runs_with_no_op_kernels_and_restores_them(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = json.loads(out.read_text())["records"]
     paths = {(r["path"], r["layout"]) for r in records}
-    assert len(paths) == 10 and all(r["host_us"] > 0 for r in records), records
+    assert paths == {(p, layout) for p in PATHS + MODULE_PATHS for layout in ("nchw", "channels_last")}
+    assert all(r["host_us"] > 0 for r in records), records
 
 
 @pytest.mark.slow

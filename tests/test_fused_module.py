@@ -29,8 +29,9 @@ FLOOR = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 @pytest.fixture(autouse=True)
 def _poison_uninitialised_memory():
-    """torch.empty and friends return NaN (PyTorch's deterministic mode), so unwritten outputs fail."""
-    torch.use_deterministic_algorithms(True)
+    """torch.empty and friends return NaN (PyTorch's deterministic mode), so unwritten outputs fail
+    (warn_only: on CUDA, eager BAM's cuBLAS calls have no deterministic mode without extra setup)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
@@ -89,6 +90,7 @@ def _close_to_exact(got, want, exact, dtype, name, layer_scale=0.0):
 
 
 def _check_steps(eager, fused, shape, dtype=torch.float32, layout=torch.contiguous_format, autocast_dtype=None):
+    device = next(fused.parameters()).device
     """Two train steps then an eval step, each compared in full; the fused path must be taken. Below
     float64 both are held against a float64 copy of eager (see FACTOR)."""
     tol_dtype = autocast_dtype or dtype
@@ -96,8 +98,8 @@ def _check_steps(eager, fused, shape, dtype=torch.float32, layout=torch.contiguo
     sizes = {}  # name → the largest norm its exact value has had
     for training in (True, True, False):
         mode = "train" if training else "eval"
-        x = torch.randn(shape, dtype=dtype).contiguous(memory_format=layout) * 2
-        g = torch.randn(shape, dtype=dtype).contiguous(memory_format=layout)
+        x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=layout) * 2
+        g = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=layout)
         assert fused_path_blocker(fused, x) is None
         want, got = (_results(m.train(training), x, g, autocast_dtype) for m in (eager, fused))
         assert got["y"].dtype == want["y"].dtype and got["y"].stride() == want["y"].stride(), mode
@@ -119,57 +121,63 @@ def _check_steps(eager, fused, shape, dtype=torch.float32, layout=torch.contiguo
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
 @pytest.mark.parametrize("combine", [None, "sum", "product", "max"])
 @pytest.mark.parametrize("variant", ["paper", "official"])
-def test_matches_eager_float64(variant, combine, layout):
+def test_matches_eager_float64(variant, combine, layout, device):
     """Both variants, every combine, both layouts, a ragged non-square map: fp64 agrees to ~1e-12."""
-    eager, fused = _pair(torch.float64, args=(24, 4), dilation_val=2, variant=variant, combine=combine)
+    eager, fused = _pair(torch.float64, args=(24, 4), dilation_val=2, variant=variant, combine=combine, device=device)
     _check_steps(eager, fused, (3, 24, 5, 7), torch.float64, layout)
 
 
 @pytest.mark.parametrize("reduction_ratio", [4, 16])
 @pytest.mark.parametrize("dilation_conv_num", [0, 1, 2])
 @pytest.mark.parametrize("branches", ["both", "channel", "spatial"])
-def test_branches_depths_and_widths(branches, dilation_conv_num, reduction_ratio):
+def test_branches_depths_and_widths(branches, dilation_conv_num, reduction_ratio, device):
     """Each branch alone, 0 to 2 dilated convolutions, h = 2 to 8 (padded to 16 for tl.dot), fp32."""
     eager, fused = _pair(
-        args=(32, reduction_ratio), dilation_conv_num=dilation_conv_num, dilation_val=1, branches=branches
+        args=(32, reduction_ratio),
+        dilation_conv_num=dilation_conv_num,
+        dilation_val=1,
+        branches=branches,
+        device=device,
     )
     _check_steps(eager, fused, (4, 32, 6, 9))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_half_module(dtype):
+def test_half_module(dtype, device):
     """A module and x in a half type: every intermediate rounded where eager rounds it. (Batch and
     map large enough that BatchNorm's backward does not turn bf16 rounding into chaos: at 4×16×6×5
     eager's own error against float64 ranged 0.6 %–29 % over four seeds.)"""
-    eager, fused = _pair(dtype, args=(32, 4), variant="official")
+    eager, fused = _pair(dtype, args=(32, 4), variant="official", device=device)
     _check_steps(eager, fused, (8, 32, 8, 8), dtype, torch.channels_last)
 
 
-def test_autocast_bfloat16():
+def test_autocast_bfloat16(device):
     """fp32 weights, fp32 x, bf16 autocast: the branches in bf16 as eager's autocast runs them."""
-    eager, fused = _pair(args=(32, 4))
+    eager, fused = _pair(args=(32, 4), device=device)
     _check_steps(eager, fused, (8, 32, 8, 7), torch.float32, autocast_dtype=torch.bfloat16)
 
 
-def test_batch_norm_options():
+def test_batch_norm_options(device):
     """momentum=None (cumulative average) and BNs that track no running statistics (fp64: the
     biases before batch-statistics BNs have gradients that fp32 rounds to noise of ~1e-2 here)."""
-    eager, fused = _pair(torch.float64, variant="paper")
+    eager, fused = _pair(torch.float64, variant="paper", device=device)
     for module in (eager, fused):
         gate_s = module.spatial_att.gate_s
         gate_s.gate_s_bn_di_0.momentum = None
         module.channel_att.gate_c.gate_c_bn_1.momentum = None
         for name in ("gate_s_bn_reduce0", "gate_s_bn_final"):
             bn = nn.BatchNorm2d(getattr(gate_s, name).num_features, track_running_stats=False)
-            setattr(gate_s, name, bn.double())
-        module.channel_att.gate_c.gate_c_bn_final = nn.BatchNorm1d(16, track_running_stats=False).double()
+            setattr(gate_s, name, bn.to(device, torch.float64))
+        module.channel_att.gate_c.gate_c_bn_final = nn.BatchNorm1d(16, track_running_stats=False).to(
+            device, torch.float64
+        )
     fused.load_state_dict(eager.state_dict())
     _check_steps(eager, fused, (3, 16, 4, 4), torch.float64)
 
 
-def test_one_sample_in_training_fails_as_eager_does():
-    eager, fused = _pair()
-    x = torch.randn(1, 16, 4, 4)
+def test_one_sample_in_training_fails_as_eager_does(device):
+    eager, fused = _pair(device=device)
+    x = torch.randn(1, 16, 4, 4, device=device)
     errors = []
     for module in (eager, fused):
         with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as info:
@@ -181,9 +189,9 @@ def test_one_sample_in_training_fails_as_eager_does():
     torch.testing.assert_close(fused.eval()(x), eager.eval()(x))  # eval mode takes one sample
 
 
-def test_one_autograd_node_and_only_x_saved_full_size():
-    eager, fused = _pair(args=(16, 4))
-    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+def test_one_autograd_node_and_only_x_saved_full_size(device):
+    eager, fused = _pair(args=(16, 4), device=device)
+    x = torch.randn(2, 16, 5, 5, requires_grad=True, device=device)
     sizes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
         y = fused.train()(x)
@@ -194,21 +202,22 @@ def test_one_autograd_node_and_only_x_saved_full_size():
     assert sizes.count(x.numel()) == 1, sizes  # x itself, nothing else of its size
 
 
-def test_cost_counts():
+def test_cost_counts(device):
     """The cost the issue asks for (one train-mode fwd+bwd of FusedBAM(64) on 2×64×8×8, float32)."""
     torch.use_deterministic_algorithms(False)  # the count must not include NaN fills
     for variant in ("paper", "official"):
         torch.manual_seed(0)
-        cost, ops = module_cost(FusedBAM(64, variant=variant).train(), torch.randn(2, 64, 8, 8, requires_grad=True))
+        module = FusedBAM(64, variant=variant).to(device).train()
+        cost, ops = module_cost(module, torch.randn(2, 64, 8, 8, device=device, requires_grad=True))
         assert cost.autograd_nodes == 1, cost
         assert cost.full_size_operands <= 8 and cost.full_size_created <= 2, cost
         assert cost.compute_calls <= 40 and cost.aten_calls <= 70, (cost, ops)
         assert ops.count("detach") == len(list(FusedBAM(64, variant=variant).parameters())) + 1
 
 
-def test_deterministic():
-    _, fused = _pair()
-    x = torch.randn(3, 16, 7, 7)
+def test_deterministic(device):
+    _, fused = _pair(device=device)
+    x = torch.randn(3, 16, 7, 7, device=device)
     g = torch.randn_like(x)
     runs = []
     for _ in range(2):
@@ -221,12 +230,12 @@ def test_deterministic():
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_gradcheck_float64(training):
+def test_gradcheck_float64(training, device):
     """The whole module's gradient in x and every parameter against finite differences."""
-    _, fused = _pair(torch.float64, args=(8, 4), dilation_val=1)
+    _, fused = _pair(torch.float64, args=(8, 4), dilation_val=1, device=device)
     fused.train(training)
     names = [n for n, _ in fused.named_parameters()]
-    x = torch.randn(3, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 8, 3, 4, dtype=torch.float64, requires_grad=True, device=device)
 
     def fn(x, *params):
         y = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
@@ -238,10 +247,10 @@ def test_gradcheck_float64(training):
     assert torch.autograd.gradcheck(fn, inputs, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def test_create_graph_is_exact():
+def test_create_graph_is_exact(device):
     """A gradient penalty through FusedBAM: the double backward matches eager's."""
-    eager, fused = _pair(torch.float64)
-    x = torch.randn(3, 16, 4, 5, dtype=torch.float64)
+    eager, fused = _pair(torch.float64, device=device)
+    x = torch.randn(3, 16, 4, 5, dtype=torch.float64, device=device)
     grads = []
     for module in (eager, fused):
         xi = x.clone().requires_grad_()
@@ -255,12 +264,12 @@ def test_create_graph_is_exact():
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
-def _fallback_case(change):
+def _fallback_case(change, device):
     """``change`` applied to both modules; FusedBAM must take the per-op path and agree with eager."""
-    eager, fused = _pair()
+    eager, fused = _pair(device=device)
     change(eager)
     change(fused)
-    x = torch.randn(3, 16, 5, 5)
+    x = torch.randn(3, 16, 5, 5, device=device)
     assert fused_path_blocker(fused, x) is not None
     g = torch.randn_like(x)
     (y_e, gx_e, _), (y_f, gx_f, _) = _step(eager.train(), x, g), _step(fused.train(), x, g)
@@ -270,35 +279,37 @@ def _fallback_case(change):
     assert not isinstance(fused(xi).grad_fn, _FusedBAMFunction._backward_cls)
 
 
-def test_fallback_for_hooks():
+def test_fallback_for_hooks(device):
     seen = []
-    _fallback_case(lambda m: m.spatial_att.gate_s.gate_s_conv_reduce0.register_forward_hook(lambda *a: seen.append(1)))
+    _fallback_case(
+        lambda m: m.spatial_att.gate_s.gate_s_conv_reduce0.register_forward_hook(lambda *a: seen.append(1)), device
+    )
     assert len(seen) == 3  # every forward ran the hooked convolution: eager once, FusedBAM twice
 
 
-def test_fallback_for_sync_batch_norm():
+def test_fallback_for_sync_batch_norm(device):
     """After convert_sync_batchnorm the BNs are SyncBatchNorm: per-op path (eval here: SyncBatchNorm
     trains only under torch.distributed)."""
-    eager, fused = _pair()
+    eager, fused = _pair(device=device)
     fused = nn.SyncBatchNorm.convert_sync_batchnorm(fused).eval()
-    x = torch.randn(2, 16, 4, 4)
+    x = torch.randn(2, 16, 4, 4, device=device)
     assert "SyncBatchNorm" in fused_path_blocker(fused, x)
     torch.testing.assert_close(fused(x), eager.eval()(x), atol=1e-5, rtol=1e-5)
 
 
-def test_fallback_for_parameters_replaced_by_tensors():
+def test_fallback_for_parameters_replaced_by_tensors(device):
     def replace(m):
         conv = m.spatial_att.gate_s.gate_s_conv_final
         weight = conv.weight.detach().clone()
         del conv.weight
         conv.weight = weight
 
-    _fallback_case(replace)
+    _fallback_case(replace, device)
 
 
-def test_inference_runs_without_a_node():
-    eager, fused = _pair()
-    x = torch.randn(2, 16, 5, 5)
+def test_inference_runs_without_a_node(device):
+    eager, fused = _pair(device=device)
+    x = torch.randn(2, 16, 5, 5, device=device)
     with torch.no_grad():
         y = fused.eval()(x)
     assert y.grad_fn is None

@@ -1,4 +1,5 @@
-"""Run every gate kernel variant once, for compute-sanitizer (memcheck and racecheck).
+"""Run every gate kernel variant and the whole module's kernels once, for compute-sanitizer
+(memcheck and racecheck).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python tests/gpu/sanitizer_driver.py
     compute-sanitizer --tool racecheck python tests/gpu/sanitizer_driver.py
@@ -6,7 +7,10 @@
 Forward and backward through ``bam_gate`` for every mode (sum, product, max, channel-only,
 spatial-only; sum also without the residual) on 7×7 maps, sum and max on 1×1, 5×13 and 56×56,
 NCHW and channels_last, bf16 (fp32 on one shape), plus the backward with small forced tiles
-and a c-split. Few shapes per mode: each is a Triton compile, and the GPU run's budget is short.
+and a c-split; then a FusedBAM training step (forward and backward through its one autograd node:
+pool_reduce, channel_mlp, the gate, input_grad) per variant, in the other layout each, checked
+against eager BAM in float64. Few shapes per mode: each is a Triton compile, and the GPU run's
+budget is short.
 Without PyTorch's caching allocator every tensor is its own cudaMalloc, so memcheck sees an
 access past a tensor's end. Each result is checked against the float64 reference: exit 1 on
 a mismatch, 0 otherwise; one line per case, so a run cut short shows how far it got.
@@ -19,7 +23,7 @@ import time
 
 import torch
 
-from bam_fused import bam_gate
+from bam_fused import BAM, FusedBAM, bam_gate
 from bam_fused.kernels import BwdConfig, gate_bwd
 from gpu_common import DEVICE, assert_close, make_inputs, reference64
 
@@ -63,6 +67,26 @@ def run_split_backward(shape, cl) -> None:
     assert_close(gms, gms64, f"split backward {shape} gms")
 
 
+def run_module_step(variant: str, cl: bool) -> None:
+    """One train-mode FusedBAM forward+backward (its one-node path) against eager BAM, float64."""
+    eager = BAM(32, 4, variant=variant).to(DEVICE, torch.float64)
+    fused = FusedBAM(32, 4, variant=variant, backend="triton").to(DEVICE, torch.float64)
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(3, 32, 9, 11, device=DEVICE, dtype=torch.float64)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    results = []
+    for module in (eager, fused):
+        xi = x.clone().requires_grad_()
+        y = module.train()(xi)
+        y.backward(g)
+        results.append([y, xi.grad] + [p.grad for p in module.parameters()])
+    assert type(y.grad_fn).__name__ == "_FusedBAMFunctionBackward", "FusedBAM did not take its fused path"
+    for want, got in zip(*results, strict=True):  # absolute floor: biases before a train-mode BN have 0 gradients
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9, msg=f"module {variant} channels_last={cl}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="1×1 and 7×7 maps only")
@@ -79,6 +103,10 @@ def main(argv=None) -> int:
                 run_split_backward(shape, cl)
                 count += 1
                 print(f"case {count}: split backward channels_last={cl} {shape}", flush=True)
+        for variant, cl in (("paper", False), ("official", True)):
+            run_module_step(variant, cl)
+            count += 1
+            print(f"case {count}: FusedBAM {variant} channels_last={cl}", flush=True)
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
     except AssertionError as e:
