@@ -41,6 +41,24 @@ def _round(v, BRANCH: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _batch_rows(N, h, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The batch × hidden tile every program holds: (n, n_mask, j, j_mask, [n, j] mask)."""
+    n = tl.arange(0, BLOCK_N)
+    j = tl.arange(0, BLOCK_H)
+    n_mask = n < N
+    j_mask = j < h
+    return n, n_mask, j, j_mask, n_mask[:, None] & j_mask[None, :]
+
+
+@triton.jit
+def _channel_chunk(c0, C, n, n_mask, BLOCK_C: tl.constexpr):
+    """The chunk of channels from c0: (c, c_mask, offsets of [n, c] in an (N, C) tensor, their mask)."""
+    c = c0 + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    return c, c_mask, n[:, None] * C + c[None, :], n_mask[:, None] & c_mask[None, :]
+
+
+@triton.jit
 def _bn_stats(u, mask, N, BATCH: tl.constexpr, rm_ptr, rv_ptr, idx, idx_mask, COMPUTE: tl.constexpr):
     """(mean, variance) per column of u [BLOCK_N × BLOCK]: the batch's (biased) or the running ones.
     N stays an integer (divisions by it keep the compute dtype, compiled or interpreted)."""
@@ -119,18 +137,13 @@ def channel_mlp_fwd_kernel(
     EMULATE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    j = tl.arange(0, BLOCK_H)
-    j_mask = j < h
-    nj_mask = n_mask[:, None] & j_mask[None, :]
+    n, n_mask, j, j_mask, nj_mask = _batch_rows(N, h, BLOCK_N, BLOCK_H)
 
     # u1 = p · W1ᵀ + b1, the channels in chunks.
     u1 = tl.zeros([BLOCK_N, BLOCK_H], dtype=COMPUTE)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = c < C
-        p = tl.load(p_ptr + n[:, None] * C + c[None, :], mask=n_mask[:, None] & c_mask[None, :], other=0.0)
+        c, c_mask, nc, nc_mask = _channel_chunk(c0, C, n, n_mask, BLOCK_C)
+        p = tl.load(p_ptr + nc, mask=nc_mask, other=0.0)
         w1t = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
         u1 = dot(p, w1t, u1, DOT, PRECISION, EMULATE)
     u1 = _round(u1 + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, EMULATE)
@@ -150,13 +163,10 @@ def channel_mlp_fwd_kernel(
 
     # u2 = a1 · W2ᵀ + b2 and BNc, the channels in chunks: each chunk holds the whole batch.
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = c < C
-        nc_mask = n_mask[:, None] & c_mask[None, :]
+        c, c_mask, nc, nc_mask = _channel_chunk(c0, C, n, n_mask, BLOCK_C)
         w2t = tl.load(w2_ptr + c[None, :] * h + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
         u2 = dot(a1, w2t, tl.zeros([BLOCK_N, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         u2 = _round(u2 + tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, EMULATE)
-        nc = n[:, None] * C + c[None, :]
         if HAS_BNC:
             mean2, var2 = _bn_stats(u2, nc_mask, N, BNC_BATCH, bnc_rm_ptr, bnc_rv_ptr, c, c_mask, COMPUTE)
             invstd2 = 1.0 / tl.sqrt(var2 + epsc)
@@ -211,11 +221,7 @@ def channel_mlp_bwd_kernel(
     EMULATE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    j = tl.arange(0, BLOCK_H)
-    j_mask = j < h
-    nj_mask = n_mask[:, None] & j_mask[None, :]
+    n, n_mask, j, j_mask, nj_mask = _batch_rows(N, h, BLOCK_N, BLOCK_H)
     nj = n[:, None] * h + j[None, :]
     grad_ty = grad_ptr.dtype.element_ty
     a1 = tl.load(save_ptr + a1_offset + nj, mask=nj_mask, other=0.0)
@@ -223,10 +229,7 @@ def channel_mlp_bwd_kernel(
     # BNc and the second Linear, the channels in chunks; ∂L/∂a1 accumulates over them.
     g_a1 = tl.zeros([BLOCK_N, BLOCK_H], dtype=COMPUTE)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = c < C
-        nc_mask = n_mask[:, None] & c_mask[None, :]
-        nc = n[:, None] * C + c[None, :]
+        c, c_mask, nc, nc_mask = _channel_chunk(c0, C, n, n_mask, BLOCK_C)
         g_u2 = tl.load(gmc_ptr + nc, mask=nc_mask, other=0.0).to(COMPUTE)
         if HAS_BNC:
             u2 = tl.load(save_ptr + u2_offset + nc, mask=nc_mask, other=0.0)
@@ -265,10 +268,7 @@ def channel_mlp_bwd_kernel(
     # done reading it: the barrier makes sure).
     tl.debug_barrier()
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        c_mask = c < C
-        nc_mask = n_mask[:, None] & c_mask[None, :]
-        nc = n[:, None] * C + c[None, :]
+        c, c_mask, nc, nc_mask = _channel_chunk(c0, C, n, n_mask, BLOCK_C)
         p = tl.load(p_ptr + nc, mask=nc_mask, other=0.0)
         g_w1 = dot(tl.trans(g_u1), p, tl.zeros([BLOCK_H, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         w1_offs = j[:, None] * C + c[None, :]
