@@ -314,3 +314,27 @@ def test_inference_runs_without_a_node(device):
         y = fused.eval()(x)
     assert y.grad_fn is None
     torch.testing.assert_close(y, eager.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_ad_and_torch_func_take_the_per_op_path(device):
+    """Dual tensors and torch.func transforms see every op (the per-op path, whose gate runs the
+    reference under backend="auto"): tangents and per-sample results as eager BAM's."""
+    import torch.autograd.forward_ad as fwAD
+
+    eager, _ = _pair(device=device)
+    fused = FusedBAM(16, 4).to(device)  # backend="auto" (forced "triton" is a clear error here)
+    fused.load_state_dict(eager.state_dict())
+    eager.eval()
+    fused.eval()
+    x = torch.randn(3, 16, 5, 5, device=device)
+    t = torch.randn_like(x)
+    tangents = []
+    for module in (eager, fused):
+        with fwAD.dual_level():
+            tangents.append(fwAD.unpack_dual(module(fwAD.make_dual(x, t))).tangent)
+    assert tangents[1] is not None
+    torch.testing.assert_close(tangents[1], tangents[0], atol=1e-5, rtol=1e-5)
+    _, jvp_out = torch.func.jvp(fused, (x,), (t,))
+    torch.testing.assert_close(jvp_out, tangents[0], atol=1e-5, rtol=1e-5)
+    per_sample = torch.func.vmap(lambda xi: fused(xi[None])[0])(x)
+    torch.testing.assert_close(per_sample, eager(x), atol=1e-5, rtol=1e-5)
