@@ -156,7 +156,8 @@ def check_fused_path(module, x: torch.Tensor) -> "_Branches | str":
 
 
 def _layers(branches: _Branches):
-    """Every parametrised layer of the call (convolutions, linears, BatchNorms)."""
+    """Every parametrised layer of the call in the fused path's order: the channel branch's, then
+    the spatial branch's; absent ones skipped."""
     for m in (branches.fc0, branches.bn1, branches.fc_final, branches.bn_c, branches.reduce, branches.bn_r):
         if m is not None:
             yield m
@@ -186,16 +187,12 @@ class _BatchNormCall(NamedTuple):
 def _batch_norm_calls(branches: _Branches, keep: bool) -> list[_BatchNormCall]:
     """Each BatchNorm's mode this call (``keep``: a backward will follow); increments
     num_batches_tracked as nn.BatchNorm does (one foreach call for all)."""
-    calls, tracked = [], []
-    for bn in _bns(branches):
-        update = bn.training and bn.track_running_stats
-        if update and bn.num_batches_tracked is not None:
-            tracked.append(bn)
-        calls.append(bn)
-    if tracked:
-        torch._foreach_add_([bn.num_batches_tracked for bn in tracked], 1)
+    bns = list(_bns(branches))
+    counted = [bn.num_batches_tracked for bn in bns if bn.training and bn.track_running_stats]
+    if counted:
+        torch._foreach_add_(counted, 1)
     out = []
-    for bn in calls:
+    for bn in bns:
         update = bn.training and bn.track_running_stats
         batch_stats = bn.training or bn.running_mean is None
         momentum = 0.0
@@ -225,22 +222,10 @@ def _unflatten(branches: _Branches, flat) -> _Branches:
     the places of ``branches``' layers."""
     it = iter(flat)
     pair = lambda m: (next(it), next(it)) if m is not None else None  # noqa: E731
-    fc0, bn1, fc_final, bn_c = pair(branches.fc0), pair(branches.bn1), pair(branches.fc_final), pair(branches.bn_c)
-    reduce, bn_r = pair(branches.reduce), pair(branches.bn_r)
+    first = [pair(m) for m in (branches.fc0, branches.bn1, branches.fc_final, branches.bn_c, branches.reduce)]
+    bn_r = pair(branches.bn_r)
     dilated = tuple((pair(conv), pair(bn)) for conv, bn in branches.dilated)
-    return _Branches(fc0, bn1, fc_final, bn_c, reduce, bn_r, dilated, pair(branches.conv_final), pair(branches.bn_s))
-
-
-def _flatten(pairs: _Branches) -> list:
-    """The inverse of :func:`_unflatten`."""
-    flat = []
-    for m in (pairs.fc0, pairs.bn1, pairs.fc_final, pairs.bn_c, pairs.reduce, pairs.bn_r):
-        flat += m or ()
-    for conv, bn in pairs.dilated:
-        flat += [*conv, *bn]
-    for m in (pairs.conv_final, pairs.bn_s):
-        flat += m or ()
-    return flat
+    return _Branches(*first, bn_r, dilated, pair(branches.conv_final), pair(branches.bn_s))
 
 
 def _params(branches: _Branches) -> list:
@@ -386,29 +371,28 @@ def _backward(g: torch.Tensor, x: torch.Tensor, call: _Call, params, s: _Saved) 
     launch_gate_bwd_stage_two(parts, gmc, gms, plan)
 
     # The channel branch's and the reduce convolution's gradients share one buffer (kernels write them).
-    fused = [*w.fc0, *w.bn1, *w.fc_final, *(w.bn_c or ())] if b.fc0 is not None else []
-    fused += [*w.reduce] if b.reduce is not None else []
+    in_buffer = [m for m in (b.fc0, b.bn1, b.fc_final, b.bn_c, b.reduce) if m is not None]
+    fused = [t for m in in_buffer for t in (m._parameters["weight"], m._parameters["bias"])]
     sizes = [t.numel() for t in fused]
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
     grad_buf = torch.empty(sum(sizes), device=x.device, dtype=fused[0].dtype)
 
-    g_z0 = bn_r_grads = dilated_grads = final_grads = bn_s_grads = None
+    grads = {}  # layer → (∂L/∂weight, ∂L/∂bias)
+    g_z0 = None
     if b.reduce is not None:
         g_t = gms
         if b.bn_s is not None:
-            g_t, *bn_s_grads = _batch_norm_backward(g_t, call.bn_calls[b.bn_s], w.bn_s[0], s.bn_s)
-        g_a, final_grads = _conv_backward(g_t, s.a_last, s.final_w, b.conv_final, w.conv_final)
-        dilated_grads = []
+            g_t, *grads[b.bn_s] = _batch_norm_backward(g_t, call.bn_calls[b.bn_s], w.bn_s[0], s.bn_s)
+        g_a, grads[b.conv_final] = _conv_backward(g_t, s.a_last, s.final_w, b.conv_final, w.conv_final)
         for i in reversed(range(len(b.dilated))):
             (conv, bn), (conv_w, bn_w) = b.dilated[i], w.dilated[i]
             used_w, saved_bn, a = s.dilated[i]
             g_d = torch.ops.aten.threshold_backward(g_a, a, 0)
-            g_c, *g_bn = _batch_norm_backward(g_d, call.bn_calls[bn], bn_w[0], saved_bn)
+            g_c, *grads[bn] = _batch_norm_backward(g_d, call.bn_calls[bn], bn_w[0], saved_bn)
             a_in = s.dilated[i - 1][2] if i else s.a_r
-            g_a, g_conv = _conv_backward(g_c, a_in, used_w, conv, conv_w)
-            dilated_grads.insert(0, (g_conv, tuple(g_bn)))
+            g_a, grads[conv] = _conv_backward(g_c, a_in, used_w, conv, conv_w)
         g_r = torch.ops.aten.threshold_backward(g_a, s.a_r, 0)
-        g_z0, *bn_r_grads = _batch_norm_backward(g_r, call.bn_calls[b.bn_r], w.bn_r[0], s.bn_r)
+        g_z0, *grads[b.bn_r] = _batch_norm_backward(g_r, call.bn_calls[b.bn_r], w.bn_r[0], s.bn_r)
 
     if b.fc0 is not None:  # ∂L/∂p lands over gmc
         bnc = _bn_args(call.bn_calls[b.bn_c], w.bn_c) if b.bn_c is not None else None
@@ -431,19 +415,9 @@ def _backward(g: torch.Tensor, x: torch.Tensor, call: _Call, params, s: _Saved) 
         part=parts,
     )
     views = iter(t if p.dim() == 1 else t.view(p.shape) for t, p in zip(grad_buf.split_with_sizes(sizes), fused))
-    pair = lambda m: (next(views), next(views)) if m is not None else None  # noqa: E731
-    grads = _Branches(
-        pair(b.fc0),
-        pair(b.bn1),
-        pair(b.fc_final),
-        pair(b.bn_c),
-        pair(b.reduce),
-        tuple(bn_r_grads) if bn_r_grads is not None else None,
-        tuple(dilated_grads or ()),
-        final_grads,
-        tuple(bn_s_grads) if bn_s_grads is not None else None,
-    )
-    return [gx, *_flatten(grads)]
+    for m in in_buffer:
+        grads[m] = (next(views), next(views))
+    return [gx, *(t for m in _layers(b) for t in grads[m])]
 
 
 def _call_info(module, x: torch.Tensor, branches: _Branches, keep: bool) -> _Call:
