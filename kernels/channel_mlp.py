@@ -83,6 +83,37 @@ def _bn_update_running(rm_ptr, rv_ptr, idx, idx_mask, mean, var, momentum, N):
 
 
 @triton.jit
+def _bn_forward(
+    u,
+    mask,
+    N,
+    idx,
+    idx_mask,
+    w_ptr,
+    b_ptr,
+    rm_ptr,
+    rv_ptr,
+    eps,
+    momentum,
+    BATCH: tl.constexpr,
+    UPDATE: tl.constexpr,
+    BRANCH: tl.constexpr,
+    EMULATE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    """A BatchNorm over the rows of u [BLOCK_N × BLOCK] (columns ``idx``): (out rounded to the
+    branch dtype, mean, 1/std); the running statistics updated when UPDATE."""
+    mean, var = _bn_stats(u, mask, N, BATCH, rm_ptr, rv_ptr, idx, idx_mask, COMPUTE)
+    invstd = 1.0 / tl.sqrt(var + eps)
+    if UPDATE:
+        _bn_update_running(rm_ptr, rv_ptr, idx, idx_mask, mean, var, momentum, N)
+    gamma = tl.load(w_ptr + idx, mask=idx_mask, other=0.0).to(COMPUTE)
+    beta = tl.load(b_ptr + idx, mask=idx_mask, other=0.0).to(COMPUTE)
+    out = _round((u - mean[None, :]) * (invstd * gamma)[None, :] + beta[None, :], BRANCH, EMULATE)
+    return out, mean, invstd
+
+
+@triton.jit
 def _bn_backward(g, xhat, mask, gamma, invstd, N, BATCH: tl.constexpr):
     """(∂L/∂u, Σ_n g·x̂, Σ_n g) of a BatchNorm given g = ∂L/∂out, per column of [BLOCK_N × BLOCK]."""
     g = tl.where(mask, g, 0.0)
@@ -147,13 +178,24 @@ def channel_mlp_fwd_kernel(
         w1t = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
         u1 = dot(p, w1t, u1, DOT, PRECISION, EMULATE)
     u1 = _round(u1 + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, EMULATE)
-    mean1, var1 = _bn_stats(u1, nj_mask, N, BN1_BATCH, bn1_rm_ptr, bn1_rv_ptr, j, j_mask, COMPUTE)
-    invstd1 = 1.0 / tl.sqrt(var1 + eps1)
-    if BN1_UPDATE:
-        _bn_update_running(bn1_rm_ptr, bn1_rv_ptr, j, j_mask, mean1, var1, momentum1, N)
-    gamma1 = tl.load(bn1_w_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
-    beta1 = tl.load(bn1_b_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
-    a1 = _round((u1 - mean1[None, :]) * (invstd1 * gamma1)[None, :] + beta1[None, :], BRANCH, EMULATE)
+    a1, mean1, invstd1 = _bn_forward(
+        u1,
+        nj_mask,
+        N,
+        j,
+        j_mask,
+        bn1_w_ptr,
+        bn1_b_ptr,
+        bn1_rm_ptr,
+        bn1_rv_ptr,
+        eps1,
+        momentum1,
+        BN1_BATCH,
+        BN1_UPDATE,
+        BRANCH,
+        EMULATE,
+        COMPUTE,
+    )
     a1 = tl.where(nj_mask, tl.maximum(a1, 0.0), 0.0)
     nj = n[:, None] * h + j[None, :]
     tl.store(out_ptr + u1_offset + nj, u1, mask=nj_mask)
@@ -168,13 +210,24 @@ def channel_mlp_fwd_kernel(
         u2 = dot(a1, w2t, tl.zeros([BLOCK_N, BLOCK_C], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         u2 = _round(u2 + tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)[None, :], BRANCH, EMULATE)
         if HAS_BNC:
-            mean2, var2 = _bn_stats(u2, nc_mask, N, BNC_BATCH, bnc_rm_ptr, bnc_rv_ptr, c, c_mask, COMPUTE)
-            invstd2 = 1.0 / tl.sqrt(var2 + epsc)
-            if BNC_UPDATE:
-                _bn_update_running(bnc_rm_ptr, bnc_rv_ptr, c, c_mask, mean2, var2, momentumc, N)
-            gamma2 = tl.load(bnc_w_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
-            beta2 = tl.load(bnc_b_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
-            mc = _round((u2 - mean2[None, :]) * (invstd2 * gamma2)[None, :] + beta2[None, :], BRANCH, EMULATE)
+            mc, mean2, invstd2 = _bn_forward(
+                u2,
+                nc_mask,
+                N,
+                c,
+                c_mask,
+                bnc_w_ptr,
+                bnc_b_ptr,
+                bnc_rm_ptr,
+                bnc_rv_ptr,
+                epsc,
+                momentumc,
+                BNC_BATCH,
+                BNC_UPDATE,
+                BRANCH,
+                EMULATE,
+                COMPUTE,
+            )
             tl.store(out_ptr + u2_offset + nc, u2, mask=nc_mask)
             tl.store(out_ptr + mean2_offset + c, mean2, mask=c_mask)
             tl.store(out_ptr + mean2_offset + C + c, invstd2, mask=c_mask)
