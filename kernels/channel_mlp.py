@@ -114,16 +114,41 @@ def _bn_forward(
 
 
 @triton.jit
-def _bn_backward(g, xhat, mask, gamma, invstd, N, BATCH: tl.constexpr):
-    """(∂L/∂u, Σ_n g·x̂, Σ_n g) of a BatchNorm given g = ∂L/∂out, per column of [BLOCK_N × BLOCK]."""
+def _bn_backward(
+    g,
+    mask,
+    N,
+    idx,
+    idx_mask,
+    u_ptr,
+    stats_ptr,
+    count,
+    w_ptr,
+    g_w_ptr,
+    g_b_ptr,
+    BATCH: tl.constexpr,
+    BRANCH: tl.constexpr,
+    EMULATE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    """∂L/∂u of a BatchNorm given g = ∂L/∂out [BLOCK_N × BLOCK] (columns ``idx``), rounded to the
+    branch dtype; Σ_n g·x̂ and Σ_n g stored at ``g_w_ptr`` and ``g_b_ptr``. u [N, count] at u_ptr,
+    its mean and 1/std at stats_ptr and stats_ptr + count, as the forward saved them."""
+    u = tl.load(u_ptr, mask=mask, other=0.0)
+    mean = tl.load(stats_ptr + idx, mask=idx_mask, other=0.0)
+    invstd = tl.load(stats_ptr + count + idx, mask=idx_mask, other=0.0)
+    gamma = tl.load(w_ptr + idx, mask=idx_mask, other=0.0).to(COMPUTE)
+    xhat = (u - mean[None, :]) * invstd[None, :]
     g = tl.where(mask, g, 0.0)
     g_beta = tl.sum(g, axis=0)
     g_gamma = tl.sum(g * xhat, axis=0)
+    tl.store(g_w_ptr + idx, g_gamma.to(g_w_ptr.dtype.element_ty), mask=idx_mask)
+    tl.store(g_b_ptr + idx, g_beta.to(g_b_ptr.dtype.element_ty), mask=idx_mask)
     if BATCH:
         g_u = (g - g_beta[None, :] / N - xhat * (g_gamma[None, :] / N)) * (gamma * invstd)[None, :]
     else:
         g_u = g * (gamma * invstd)[None, :]
-    return g_u, g_gamma, g_beta
+    return tl.where(mask, _round(g_u, BRANCH, EMULATE), 0.0)
 
 
 @triton.jit
@@ -285,15 +310,23 @@ def channel_mlp_bwd_kernel(
         c, c_mask, nc, nc_mask = _channel_chunk(c0, C, n, n_mask, BLOCK_C)
         g_u2 = tl.load(gmc_ptr + nc, mask=nc_mask, other=0.0).to(COMPUTE)
         if HAS_BNC:
-            u2 = tl.load(save_ptr + u2_offset + nc, mask=nc_mask, other=0.0)
-            mean2 = tl.load(save_ptr + mean2_offset + c, mask=c_mask, other=0.0)
-            invstd2 = tl.load(save_ptr + mean2_offset + C + c, mask=c_mask, other=0.0)
-            gamma2 = tl.load(bnc_w_ptr + c, mask=c_mask, other=0.0).to(COMPUTE)
-            xhat2 = (u2 - mean2[None, :]) * invstd2[None, :]
-            g_u2, g_gamma2, g_beta2 = _bn_backward(g_u2, xhat2, nc_mask, gamma2, invstd2, N, BNC_BATCH)
-            g_u2 = _round(g_u2, BRANCH, EMULATE)
-            tl.store(grad_ptr + g_bnc_w_offset + c, g_gamma2.to(grad_ty), mask=c_mask)
-            tl.store(grad_ptr + g_bnc_b_offset + c, g_beta2.to(grad_ty), mask=c_mask)
+            g_u2 = _bn_backward(
+                g_u2,
+                nc_mask,
+                N,
+                c,
+                c_mask,
+                save_ptr + u2_offset + nc,
+                save_ptr + mean2_offset,
+                C,
+                bnc_w_ptr,
+                grad_ptr + g_bnc_w_offset,
+                grad_ptr + g_bnc_b_offset,
+                BNC_BATCH,
+                BRANCH,
+                EMULATE,
+                COMPUTE,
+            )
         g_u2 = tl.where(nc_mask, g_u2, 0.0)
         g_w2 = dot(tl.trans(g_u2), a1, tl.zeros([BLOCK_C, BLOCK_H], dtype=COMPUTE), DOT, PRECISION, EMULATE)
         w2_offs = c[:, None] * h + j[None, :]
@@ -306,15 +339,23 @@ def channel_mlp_bwd_kernel(
 
     # ReLU and BN1.
     g_a1 = tl.where(a1 > 0.0, _round(g_a1, BRANCH, EMULATE), 0.0)
-    u1 = tl.load(save_ptr + u1_offset + nj, mask=nj_mask, other=0.0)
-    mean1 = tl.load(save_ptr + mean1_offset + j, mask=j_mask, other=0.0)
-    invstd1 = tl.load(save_ptr + mean1_offset + h + j, mask=j_mask, other=0.0)
-    gamma1 = tl.load(bn1_w_ptr + j, mask=j_mask, other=0.0).to(COMPUTE)
-    xhat1 = (u1 - mean1[None, :]) * invstd1[None, :]
-    g_u1, g_gamma1, g_beta1 = _bn_backward(g_a1, xhat1, nj_mask, gamma1, invstd1, N, BN1_BATCH)
-    g_u1 = tl.where(nj_mask, _round(g_u1, BRANCH, EMULATE), 0.0)
-    tl.store(grad_ptr + g_bn1_w_offset + j, g_gamma1.to(grad_ty), mask=j_mask)
-    tl.store(grad_ptr + g_bn1_b_offset + j, g_beta1.to(grad_ty), mask=j_mask)
+    g_u1 = _bn_backward(
+        g_a1,
+        nj_mask,
+        N,
+        j,
+        j_mask,
+        save_ptr + u1_offset + nj,
+        save_ptr + mean1_offset,
+        h,
+        bn1_w_ptr,
+        grad_ptr + g_bn1_w_offset,
+        grad_ptr + g_bn1_b_offset,
+        BN1_BATCH,
+        BRANCH,
+        EMULATE,
+        COMPUTE,
+    )
     tl.store(grad_ptr + g_b1_offset + j, _round(tl.sum(g_u1, axis=0), BRANCH, EMULATE).to(grad_ty), mask=j_mask)
 
     # The first Linear, the channels in chunks: ∂L/∂W1 and ∂L/∂p, over ∂L/∂mc (every thread is
