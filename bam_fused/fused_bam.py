@@ -282,7 +282,7 @@ def _batch_norm_backward(g, call: _BatchNormCall, weight, saved: _SavedBN):
 
 
 def _cast(w, dtype):
-    """A parameter in the branch's dtype, as autocast hands it to a convolution."""
+    """w in ``dtype``: a parameter as autocast hands it to a convolution, or its gradient back."""
     return w if w.dtype == dtype else w.to(dtype)
 
 
@@ -298,7 +298,7 @@ def _conv_backward(g, a, w, conv: nn.Conv2d, params):
     g_a, g_w, g_b = torch.ops.aten.convolution_backward(
         g, a, w, [w.shape[0]], [1, 1], list(conv.padding), list(conv.dilation), False, [0, 0], 1, [True] * 3
     )
-    return g_a, tuple(t if t.dtype == p.dtype else t.to(p.dtype) for t, p in zip((g_w, g_b), params))
+    return g_a, tuple(_cast(t, p.dtype) for t, p in zip((g_w, g_b), params))
 
 
 class _Saved(NamedTuple):
@@ -397,8 +397,8 @@ def _backward(g: torch.Tensor, x: torch.Tensor, call: _Call, params, s: _Saved) 
     if b.fc0 is not None:  # ∂L/∂p lands over gmc
         bnc = _bn_args(call.bn_calls[b.bn_c], w.bn_c) if b.bn_c is not None else None
         bn1 = _bn_args(call.bn_calls[b.bn1], w.bn1)
-        n_mlp = 8 if b.bn_c is not None else 6
-        channel_mlp_bwd(gmc, s.p, s.mlp, w.fc0[0], bn1, w.fc_final[0], bnc, grad_buf, offsets[:n_mlp])
+        mlp_offsets = offsets[: len(offsets) - 2] if b.reduce is not None else offsets
+        channel_mlp_bwd(gmc, s.p, s.mlp, w.fc0[0], bn1, w.fc_final[0], bnc, grad_buf, mlp_offsets)
     has_reduce = b.reduce is not None
     gx = input_grad(
         g,

@@ -471,15 +471,10 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
     return out
 
 
-def mlp_grad_shapes(C: int, h: int, final_bn: bool) -> list[tuple]:
-    """Shapes of the parameters' gradients :func:`channel_mlp_bwd` writes, in its order:
-    W1, b1, BN1 weight and bias, W2, b2 (and BNc weight and bias)."""
-    return [(h, C), (h,), (h,), (h,), (C, h), (C,)] + ([(C,), (C,)] if final_bn else [])
-
-
 def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs | None, grads, grad_offsets):
     """The channel branch's backward: writes the parameters' gradients into ``grads`` at
-    ``grad_offsets`` (the order of :func:`mlp_grad_shapes`) and ∂L/∂p over ``gmc``.
+    ``grad_offsets`` (W1, b1, BN1 weight and bias, W2, b2, then BNc weight and bias when ``bnc``)
+    and ∂L/∂p over ``gmc``.
 
     gmc (N, C) ∂L/∂mc in the branch dtype; p and save as :func:`channel_mlp_fwd` had and made them.
     """
