@@ -338,3 +338,20 @@ def test_forward_ad_and_torch_func_take_the_per_op_path(device):
     torch.testing.assert_close(jvp_out, tangents[0], atol=1e-5, rtol=1e-5)
     per_sample = torch.func.vmap(lambda xi: fused(xi[None])[0])(x)
     torch.testing.assert_close(per_sample, eager(x), atol=1e-5, rtol=1e-5)
+
+
+def test_expanded_gradient_is_read_by_its_strides(device):
+    """y.sum() hands the backward a stride-0 g: the kernels read it as it is, to the same gradients."""
+    _, fused = _pair(device=device)
+    x = torch.randn(3, 16, 5, 6, device=device).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for expanded in (True, False):
+        state = {k: v.clone() for k, v in fused.state_dict().items()}
+        xi = x.clone().requires_grad_()
+        y = fused.train()(xi)
+        y.backward(torch.ones(1, device=device).expand(y.shape) if expanded else torch.ones_like(y))
+        grads.append([xi.grad] + [p.grad.clone() for p in fused.parameters()])
+        fused.zero_grad()
+        fused.load_state_dict(state)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
