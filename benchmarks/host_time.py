@@ -143,7 +143,7 @@ def module_calls(shape, layout: str, device) -> dict:
     (oneDNN's fixed cost per call dominates there), so the CPU figures are a smoke test, not the
     host cost of a GPU step."""
     from bam_fused import BAM, FusedBAM
-    from bam_fused.fused_bam import fused_path_blocker
+    from bam_fused.fused_path import fused_path_blocker
 
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     eager = BAM(shape[1]).to(device).train()
