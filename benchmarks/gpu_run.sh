@@ -56,8 +56,8 @@ export BENCH_PYTEST_ARGS=${BENCH_PYTEST_ARGS:-}
 GRACE=2      # s between a stage's SIGTERM and SIGKILL
 SUMMARY_S=8  # s for the summary (report rendering, gpu_checks.json): counted in the worst case
 
-# A gate-kernel compile took ~0.2 s on the H200 host: runs 1-2 ran 34 gate tests (~90 variants,
-# CPU count) in 16-18 s of pytest, and the sanitizer driver's 29 cases (~60) in 10.6-12.0 s.
+# A gate-kernel compile took ~0.2 s on the H200 host: runs 1-2 ran 34 gate tests (84 variants,
+# CPU count) in 16-18 s of pytest, and the sanitizer driver's 29 gate cases (59) in 10.6-12.0 s.
 # The module's kernels (tl.dot, loops over channels) have not been compiled on a GPU host:
 # ~0.6 s each is assumed until a run prints its own figure.
 #
