@@ -211,6 +211,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, help="size the batches to end within this many seconds")
     parser.add_argument("--quick", action="store_true", help="a few short batches (smoke runs)")
     parser.add_argument("--out", help="write the figures here as JSON (rewritten after every record)")
+    parser.add_argument(
+        "--paths", nargs="+", choices=MODULE_PATHS + PATHS, help="time only these (e.g. module_blocker: the path check)"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
     calls, repeats = (5, 3) if args.quick else (args.calls, args.repeats)
     layouts = ("nchw", "channels_last")
     # The whole module first: its host cost is the open question (NOTES.md, entry 11).
-    paths = MODULE_PATHS + PATHS
+    paths = tuple(args.paths) if args.paths else MODULE_PATHS + PATHS
     measurements_left = len(stub_modes) * len(layouts) * len(paths)
     deadline = start + args.budget_s if args.budget_s else None
     data = {
