@@ -1,4 +1,5 @@
-"""The whole BAM module, forward+backward in train mode: released vs eager BAM vs FusedBAM vs compiled BAM.
+"""The whole BAM module, forward+backward in train mode: released vs eager BAM vs FusedBAM vs compiled BAM
+vs compiled FusedBAM (its whole-module ops; and under reduce-overhead, in inductor's CUDA graphs).
 
 Every provider holds the same weights and computes the released code's BAM (providers.BENCH_VARIANT);
 each is checked against the authors' formula (``bam_fused.BAM(variant="official")`` on the same
@@ -13,7 +14,15 @@ from bam_fused import BAM
 from bam_fused.common import DTYPES, LAYOUTS
 
 from . import cases
-from .providers import BENCH_VARIANT, TOLERANCE, autocast_for, bam_module, input_set_count, module_steps
+from .providers import (
+    BENCH_VARIANT,
+    SELF_GRAPHED,
+    TOLERANCE,
+    autocast_for,
+    bam_module,
+    input_set_count,
+    module_steps,
+)
 from .timing import compare_eager, compare_graphs, cycling, peak_memory, profile_steps, steps_body
 
 
@@ -64,8 +73,9 @@ def test_bam_module(case, device, compile_mode, results):
         for p, t in compare_eager(steps, device, case.sampling).items()
     }
 
-    # The very steps timed above, captured: same modules, optimizer and input sets.
-    bodies = {p: lambda s=s: steps_body(s) for p, s in steps.items()}
+    # The very steps timed above, captured: same modules, optimizer and input sets (a provider
+    # replaying CUDA graphs of its own is not captured again).
+    bodies = {p: lambda s=s: steps_body(s) for p, s in steps.items() if p not in SELF_GRAPHED}
     timings, captured, errors = compare_graphs(bodies, n_sets, device, case.sampling)
     for p, t in timings.items():
         results.add_case(case, p, "cuda_graph", t, extra={**extra, "captured": captured})
