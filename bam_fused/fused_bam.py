@@ -548,7 +548,7 @@ _MODE_FLAGS = ("batch_stats", "update", "cumulative", "running", "counted")
 _MODE_SCALARS = ("momentum", "eps")
 
 
-def _op_args(call: FusedCall) -> tuple:
+def op_args(call: FusedCall) -> tuple:
     """(spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation): ``call``'s
     plain values as the ops take them, and :func:`_implementation`."""
     flags = [getattr(m, f) for m in call.bns for f in _MODE_FLAGS]
@@ -556,10 +556,10 @@ def _op_args(call: FusedCall) -> tuple:
     return call.spec.to_ints(), flags, scalars, call.combine, call.branch_dtype, call.autocast, _IMPLEMENTATION
 
 
-def _op_call(
+def op_call(
     spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation, params=(), running=(), counts=()
 ):
-    """The FusedCall of the ops' arguments (:func:`_op_args`) and tensors."""
+    """The FusedCall of the ops' arguments (:func:`op_args`) and tensors."""
     nf, ns = len(_MODE_FLAGS), len(_MODE_SCALARS)
     bns = tuple(
         BatchNormMode(
@@ -578,7 +578,7 @@ def _updated(call: FusedCall) -> list[bool]:
 
 
 def _forward_op_body(x, params, running, counts, args) -> list:
-    call = _op_call(*args, params, running, counts)
+    call = op_call(*args, params, running, counts)
     updated = _updated(call)
     copies = [t.clone() if u else t for t, u in zip(running, updated)]
     with no_autocast(call, x.device.type):
@@ -601,7 +601,7 @@ def _module_op(
     implementation: str,
 ) -> list[torch.Tensor]:
     """The module's forward on x (N, C, H, W) in a kernel layout (FusedCall's tensors and values,
-    :func:`_op_args`; ``counts`` already incremented): [y, the running statistics it updates, as
+    :func:`op_args`; ``counts`` already incremented): [y, the running statistics it updates, as
     new tensors, in ``running``'s order, what the backward needs]."""
     return _forward_op_body(
         x, params, running, counts, (spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation)
@@ -626,7 +626,7 @@ def _(x, params, running, counts, spec, bn_flags, bn_scalars, combine, branch_dt
 
 
 def _backward_op_body(g, x, params, saved, args) -> list:
-    call = _op_call(*args, params)
+    call = op_call(*args, params)
     with no_autocast(call, x.device.type):
         gx, grad_buf, rest = _backward(g, x, call, _Saved.unflat(call, saved), call.params)
     return [gx, grad_buf, *rest]
@@ -669,7 +669,7 @@ def _setup_context(ctx, inputs, output):
     ctx.args = args
     ctx.params = len(params)
     ctx.buffers = len(running), len(counts)
-    updated = sum(_updated(_op_call(*args)))
+    updated = sum(_updated(op_call(*args)))
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(x, *params, *output[1 + updated :])
 
@@ -677,7 +677,7 @@ def _setup_context(ctx, inputs, output):
 def _module_op_backward(ctx, grads):
     x, *tensors = ctx.saved_tensors
     params, saved = tensors[: ctx.params], tensors[ctx.params :]
-    call = _op_call(*ctx.args, params)
+    call = op_call(*ctx.args, params)
     if torch.is_grad_enabled():  # create_graph: second order stays exact
         gx, *param_grads = differentiable_grads(grads[0], x, call, _Saved.unflat(call, saved))
     else:
@@ -699,9 +699,7 @@ def fused_bam_op(x: torch.Tensor, call: FusedCall) -> torch.Tensor:
         raise call.error
     if call.counts:  # as nn.BatchNorm counts its batches
         torch._foreach_add_(list(call.counts), 1)
-    y, *rest = _module_op(
-        as_kernel_layout(x), list(call.params), list(call.running), list(call.counts), *_op_args(call)
-    )
+    y, *rest = _module_op(as_kernel_layout(x), list(call.params), list(call.running), list(call.counts), *op_args(call))
     updated = [t for t, u in zip(call.running, _updated(call)) if u]
     if updated:
         torch._foreach_copy_(updated, rest[: len(updated)])

@@ -57,7 +57,7 @@ from torch import nn
 
 from .branches import ChannelGate, SpatialGate
 from .common import FLOAT_DTYPES
-from .fused_bam import BatchNormMode, FusedCall, LayerSpec, Parts, run_order, step_on_meta
+from .fused_bam import BatchNormMode, FusedCall, LayerSpec, Parts, op_args, op_call, run_order, step_on_meta
 from .ops import triton_can_run
 from .preflight import kernels_unavailable
 
@@ -301,17 +301,37 @@ def traced_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     guards on everything they read (the layers' types and options, hook dicts, the tensors' dtypes,
     shapes and strides, each BatchNorm's mode, autocast), so a module changed after compiling is
     checked again, and runs whichever path the check then picks. x's sizes become static (the
-    launch plans take integers: a new batch or map size recompiles). Whether the kernels load on
-    the device is not found before the first call here (:func:`check_fused_path` does)."""
+    launch plans take integers: a new batch or map size recompiles), so whether the kernels load
+    on the device is found as :func:`check_fused_path` finds it, while tracing."""
     from torch._dynamo.comptime import comptime
 
     for size in x.shape:
         comptime.force_static(size)
-    reason = _call_blocker(module, x, traced=True)
-    if reason is not None:
-        return reason
-    planned = _plan(module, x, _TracedCheck(module))
-    return planned if isinstance(planned, str) else planned[0]
+    planned = _call_blocker(module, x, traced=True) or _plan(module, x, _TracedCheck(module))
+    if isinstance(planned, str) or planned[0].error is not None:
+        return planned if isinstance(planned, str) else planned[0]
+    call, kernel_key, kernel_modes = planned
+    tensors = [
+        [(tuple(t.shape), t.stride(), t.dtype) for t in ts] for ts in ((x,), call.params, call.running, call.counts)
+    ]
+    args = (kernel_key, kernel_modes, module.gate_backend, op_args(call))
+    return _kernels_unavailable_traced(x.device, tensors, *args) or call
+
+
+@torch._dynamo.assume_constant_result
+def _kernels_unavailable_traced(device, tensors, kernel_key, kernel_modes, backend, args) -> str | None:
+    """:func:`check_fused_path`'s pre-flight (:mod:`bam_fused.preflight`) for a traced call, from
+    plain values (x's and the call's tensors as (shape, strides, dtype); the call's values as its
+    ops take them): torch.compile runs it while tracing and keeps the answer, which depends only on
+    what the compiled code guards."""
+    (x,), params, running, counts = (
+        [torch.empty_strided(shape, strides, dtype=dtype, device="meta") for shape, strides, dtype in ts]
+        for ts in tensors
+    )
+    call = op_call(*args, params, running, counts)
+    key = (device, x.shape, x.stride(), x.dtype, call.branch_dtype, call.combine, kernel_key, kernel_modes)
+    fallback = None if backend == "triton" else "FusedBAM runs the per-op path"
+    return kernels_unavailable(key, lambda: step_on_meta(x, call), x, fallback, device)
 
 
 def _call_blocker(module, x: torch.Tensor, traced: bool = False) -> str | None:

@@ -19,9 +19,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils._python_dispatch import TorchDispatchMode
 from triton.runtime.interpreter import InterpretedFunction
 
-from bam_fused import BAM, FusedBAM
-from bam_fused.fused_bam import _module_backward_op, _module_op, _op_args, fused_bam, meta_call
+from bam_fused import BAM, FusedBAM, preflight
+from bam_fused.fused_bam import _module_backward_op, _module_op, fused_bam, meta_call, op_args
 from bam_fused.fused_path import plan_fused_call
+from bam_fused.kernels import layout
 from bam_fused.kernels.layout import captured_launches
 
 SHAPE = (3, 16, 5, 6)
@@ -158,13 +159,13 @@ def test_opcheck(case):
     fused.train(train)
     x, g = _inputs(torch.contiguous_format if train else torch.channels_last, dtype)
     call = _call(fused, x, None if train else torch.bfloat16)
-    args = (x.requires_grad_(), list(call.params), list(call.running), list(call.counts), *_op_args(call))
+    args = (x.requires_grad_(), list(call.params), list(call.running), list(call.counts), *op_args(call))
     torch.library.opcheck(_module_op, args)
     y, *rest = _module_op(*args)
     saved = rest[sum(m.update for m in call.bns if m.running) * 2 :]
     # (The backward op runs where nothing records gradients: a create_graph backward takes another route.)
     params = [p.detach() for p in call.params]
-    torch.library.opcheck(_module_backward_op, (g, x.detach(), params, saved, *_op_args(call)))
+    torch.library.opcheck(_module_backward_op, (g, x.detach(), params, saved, *op_args(call)))
 
 
 def _changed(change, eager, fused):
@@ -203,6 +204,36 @@ def test_a_change_after_compiling_recompiles_onto_the_per_op_path(change, monkey
     assert counter.frame_count == 2
     assert "pool_reduce_kernel" not in {name for name, _ in launches.take()}, "the fused path ran"
     assert "bam_fused.gate" in counter.graphs[-1].code
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(a, b, **TOL64, msg=lambda m, i=i: f"tensor {i}: {m}")
+
+
+@pytest.mark.slow
+def test_a_kernel_the_gpu_cannot_run_compiles_to_the_per_op_path(monkeypatch):
+    """The pre-flight check runs while tracing (x's sizes are static there): a kernel that does not
+    load on the device sends the compiled module down the per-op path, with the eager path's
+    warning, to eager BAM's numbers."""
+    import triton
+
+    real = layout.load_launch
+
+    def load(kernel, args, kwargs, device):
+        if kernel.__name__ == "input_grad_kernel":
+            raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+        real(kernel, args, kwargs, device)
+
+    monkeypatch.setattr(layout, "load_launch", load)
+    monkeypatch.setattr(preflight, "_answers", {})
+    monkeypatch.setattr(preflight, "_warned", set())
+    eager, fused = _twins()
+    fused.gate_backend = "auto"  # (under "triton" it raises, as the eager path does)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fused, fullgraph=True, backend=counter)
+    x, g = _inputs()
+    with pytest.warns(RuntimeWarning, match=r"input_grad_kernel cannot run on cpu for x \(3, 16, 5, 6\)"):
+        got = _step(compiled, x, g)
+    want = _step(eager, x, g)
+    assert "bam_fused.gate" in counter.graphs[0].code and "bam_fused.module" not in counter.graphs[0].code
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         torch.testing.assert_close(a, b, **TOL64, msg=lambda m, i=i: f"tensor {i}: {m}")
 
