@@ -101,9 +101,10 @@ def relative_errors(got, want, exact, scale: float = 0.0) -> tuple[float, float]
     return (got - exact).norm().item() / norm, (want - exact).norm().item() / norm
 
 
-def assert_error_within(err_got: float, err_want: float, dtype: torch.dtype, name: str = "") -> None:
-    """The policy itself: A's relative error at most FACTOR times B's plus FLOOR[dtype]."""
-    assert err_got <= FACTOR * err_want + FLOOR[dtype], f"{name}: error {err_got:.2e}, the reference's {err_want:.2e}"
+def assert_error_within(err_got: float, err_want: float, dtype: torch.dtype, name: str = "", floor=None) -> None:
+    """The policy itself: A's relative error at most FACTOR times B's plus ``floor`` (FLOOR[dtype])."""
+    floor = FLOOR[dtype] if floor is None else floor
+    assert err_got <= FACTOR * err_want + floor, f"{name}: error {err_got:.2e}, the reference's {err_want:.2e}"
 
 
 def assert_close_to_exact(got, want, exact, dtype: torch.dtype, name: str = "", scale: float = 0.0) -> None:
@@ -127,7 +128,8 @@ def assert_as_exact_as(got, want, exact, dtype: torch.dtype | None = None, *, sc
         got, want, exact = {name: got}, {name: want}, {name: exact}
         scale = {name: scale or 0.0}
         name = ""
-    assert got.keys() == want.keys() == exact.keys(), f"{name}: {sorted(got)} vs {sorted(want)} vs {sorted(exact)}"
+    odd = (got.keys() | want.keys() | exact.keys()) - (got.keys() & want.keys() & exact.keys())
+    assert not odd, f"{name}: not in all three: {sorted(odd)}"
     if scale is None:
         scale = layer_scales(exact)
     elif not isinstance(scale, Mapping):

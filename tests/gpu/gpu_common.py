@@ -14,14 +14,25 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-# The repo root (benchmarks.providers) and tests/ (gate_cases) for scripts and --noconftest runs.
+# The repo root (benchmarks.providers) and tests/ (gate_cases, exact) for scripts and --noconftest runs.
 for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from exact import assert_as_exact_as  # noqa: E402
 from gate_cases import assert_close, make_inputs, poisoned_like, reference64  # noqa: E402
 
-__all__ = ["DEVICE", "ON_GPU", "ROOT", "assert_close", "make_inputs", "poisoned_like", "record", "reference64"]
+__all__ = [
+    "DEVICE",
+    "ON_GPU",
+    "ROOT",
+    "assert_as_exact_as",
+    "assert_close",
+    "make_inputs",
+    "poisoned_like",
+    "record",
+    "reference64",
+]
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
