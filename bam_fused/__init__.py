@@ -8,7 +8,8 @@ Public API: :func:`bam_gate`, :class:`BAM`, :class:`FusedBAM`, :func:`convert_to
 """
 
 from . import reference
-from .modules import BAM, ChannelGate, FusedBAM, SpatialGate, convert_to_fused
+from .branches import ChannelGate, SpatialGate
+from .modules import BAM, FusedBAM, convert_to_fused
 from .ops import bam_gate
 
 __all__ = ["BAM", "ChannelGate", "FusedBAM", "SpatialGate", "bam_gate", "convert_to_fused", "reference"]

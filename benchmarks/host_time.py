@@ -1,10 +1,14 @@
 """Host time of each way into the fused gate: what Python costs per call, GPU or not.
 
-    python -m benchmarks.host_time [--stub] [--out FILE.json] [--quick]
+    python -m benchmarks.host_time [--stub] [--out FILE.json] [--quick] [--budget-s S]
 
 At maps under 56² the kernels take less time than the Python that launches them (NOTES.md,
 run 3), so host time is a figure to track like GB/s. It is measured per call as the minimum
-over many repeats of a batch of calls (interference only ever adds time). Paths:
+over many repeats of a batch of calls (interference only ever adds time). With ``--budget-s``
+the batches are sized to end within S seconds: each measurement gets an equal share of the time
+left, warm-up and compiles included, and fits its batches into it (:func:`plan_calls`); a slow
+path (eager BAM, ~3 ms a call on the GPU host) gets fewer calls, never more time. The JSON file
+is rewritten after every record, so a run stopped by its time guard keeps what it measured. Paths:
 
     fwd_nograd       bam_gate under no_grad (inference: no autograd node)
     fwd_grad         bam_gate recording its autograd node (an autograd.Function)
@@ -30,6 +34,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 import time
 
@@ -89,21 +94,59 @@ class _AllocOnly(torch.autograd.Function):
         return torch.empty_like(x), torch.empty_like(mc), torch.empty_like(ms)
 
 
-def host_us(fn, device, calls: int, repeats: int) -> float:
-    """Microseconds per call: the fastest of ``repeats`` batches of ``calls`` calls."""
+# Fewest batches a budgeted measurement takes: the minimum of fewer says little.
+MIN_REPEATS = 3
+
+
+def _batch_s(fn, device, calls: int) -> float:
+    """Seconds per call over one batch of ``calls`` calls, the device drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
     for _ in range(calls):
         fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best * 1e6
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / calls
+
+
+def host_us(fn, device, calls: int, repeats: int) -> float:
+    """Microseconds per call: the fastest of ``repeats`` batches of ``calls`` calls (after one
+    untimed batch)."""
+    _batch_s(fn, device, calls)
+    return min(_batch_s(fn, device, calls) for _ in range(repeats)) * 1e6
+
+
+def plan_calls(call_s: float, share_s: float, max_calls: int, max_repeats: int) -> tuple[int, int]:
+    """(calls per batch, repeats) for a path taking ``call_s`` seconds a call, within ``share_s``
+    seconds for its warm-up batch and its timed ones: full batches of ``max_calls`` while the
+    share allows at least MIN_REPEATS of them, then shorter batches; at least one call and
+    MIN_REPEATS batches, even if that overruns the share."""
+    affordable = int(share_s / max(call_s, 1e-9))  # calls the share holds
+    repeats = min(max_repeats, affordable // max_calls - 1)
+    if repeats >= MIN_REPEATS:
+        return max_calls, repeats
+    return max(1, min(max_calls, affordable // (MIN_REPEATS + 1))), MIN_REPEATS
+
+
+def budgeted_host_us(fn, device, deadline: float, measurements_left: int, max_calls: int, max_repeats: int):
+    """(µs per call, calls, repeats): :func:`host_us` sized by :func:`plan_calls` to an equal share
+    of the time until ``deadline`` (``time.perf_counter()``) among ``measurements_left``; the
+    first call (compiles, caches) and one timed call, the estimate, come out of the share."""
+    start = time.perf_counter()
+    share = max(0.0, deadline - start) / measurements_left
+    fn()  # the first call compiles and plans; not timed
+    call_s = _batch_s(fn, device, 1)
+    calls, repeats = plan_calls(call_s, share - (time.perf_counter() - start), max_calls, max_repeats)
+    return host_us(fn, device, calls, repeats), calls, repeats
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` to ``path`` through a temporary file: a reader (or a kill) never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def path_calls(shape, layout: str, device) -> dict:
@@ -143,7 +186,7 @@ def module_calls(shape, layout: str, device) -> dict:
     (oneDNN's fixed cost per call dominates there), so the CPU figures are a smoke test, not the
     host cost of a GPU step."""
     from bam_fused import BAM, FusedBAM
-    from bam_fused.fused_bam import fused_path_blocker
+    from bam_fused.fused_path import fused_path_blocker
 
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     eager = BAM(shape[1]).to(device).train()
@@ -161,35 +204,58 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stub", action="store_true", help="no-op kernels only (the only mode without CUDA)")
     parser.add_argument("--shape", type=int, nargs=4, default=(2, 64, 14, 14), metavar=("N", "C", "H", "W"))
-    parser.add_argument("--calls", type=int, default=200, help="calls per timed batch")
-    parser.add_argument("--repeats", type=int, default=60, help="batches; the fastest counts")
+    parser.add_argument("--calls", type=int, default=200, help="calls per timed batch (at most, with --budget-s)")
+    parser.add_argument(
+        "--repeats", type=int, default=60, help="batches; the fastest counts (at most, with --budget-s)"
+    )
+    parser.add_argument("--budget-s", type=float, help="size the batches to end within this many seconds")
     parser.add_argument("--quick", action="store_true", help="a few short batches (smoke runs)")
-    parser.add_argument("--out", help="write the figures here as JSON")
+    parser.add_argument("--out", help="write the figures here as JSON (rewritten after every record)")
+    parser.add_argument(
+        "--paths", nargs="+", choices=MODULE_PATHS + PATHS, help="time only these (e.g. module_blocker: the path check)"
+    )
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     # On CUDA both: the difference is what Triton's launcher and the device add to our Python.
     stub_modes = (True,) if args.stub or not cuda else (False, True)
     calls, repeats = (5, 3) if args.quick else (args.calls, args.repeats)
-    records = []
-    for stub in stub_modes:
-        with stub_kernels() if stub else contextlib.nullcontext():
-            for layout in ("nchw", "channels_last"):
-                fns = path_calls(tuple(args.shape), layout, device) | module_calls(tuple(args.shape), layout, device)
-                for path in PATHS + MODULE_PATHS:
-                    us = host_us(fns[path], device, calls, repeats)
-                    records.append({"path": path, "layout": layout, "stub_kernels": stub, "host_us": us})
-                    print(f"{path:<15} {layout:<13} {'no-op' if stub else 'real':<6} kernels {us:7.1f} µs")
-    header = {
+    layouts = ("nchw", "channels_last")
+    # The whole module first: its host cost is the open question (NOTES.md, entry 11).
+    paths = tuple(args.paths) if args.paths else MODULE_PATHS + PATHS
+    measurements_left = len(stub_modes) * len(layouts) * len(paths)
+    deadline = start + args.budget_s if args.budget_s else None
+    data = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "shape": list(args.shape),
         "calls": calls,
         "repeats": repeats,
+        "budget_s": args.budget_s,
         "torch": torch.__version__,
+        "records": [],
     }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**header, "records": records}, f, indent=1)
+    for stub in stub_modes:
+        with stub_kernels() if stub else contextlib.nullcontext():
+            for layout in layouts:
+                fns = path_calls(tuple(args.shape), layout, device) | module_calls(tuple(args.shape), layout, device)
+                for path in paths:
+                    if deadline is None:
+                        us, n, r = host_us(fns[path], device, calls, repeats), calls, repeats
+                    else:
+                        us, n, r = budgeted_host_us(fns[path], device, deadline, measurements_left, calls, repeats)
+                    measurements_left -= 1
+                    data["records"].append(
+                        {"path": path, "layout": layout, "stub_kernels": stub, "host_us": us, "calls": n, "repeats": r}
+                    )
+                    if args.out:
+                        write_json(args.out, data)
+                    print(
+                        f"{path:<15} {layout:<13} {'no-op' if stub else 'real':<6} kernels {us:7.1f} µs "
+                        f"({r} × {n} calls)",
+                        flush=True,
+                    )
+    print(f"host_time: {len(data['records'])} records in {time.perf_counter() - start:.1f} s")
     return 0
 
 

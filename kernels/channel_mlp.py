@@ -221,7 +221,9 @@ def channel_mlp_fwd_kernel(
         EMULATE,
         COMPUTE,
     )
-    a1 = tl.where(nj_mask, tl.maximum(a1, 0.0), 0.0)
+    # ReLU as torch's: NaN stays NaN (tl.maximum returns the other operand on a GPU). Padding stays 0
+    # even where a NaN batch statistic reached it: the next tl.dot sums over the padded columns.
+    a1 = tl.where(nj_mask & ((a1 >= 0.0) | (a1 != a1)), a1, 0.0)
     nj = n[:, None] * h + j[None, :]
     tl.store(out_ptr + u1_offset + nj, u1, mask=nj_mask)
     tl.store(out_ptr + a1_offset + nj, a1, mask=nj_mask)
@@ -338,7 +340,8 @@ def channel_mlp_bwd_kernel(
         g_a1 = dot(g_u2, w2, g_a1, DOT, PRECISION, EMULATE)
 
     # ReLU and BN1.
-    g_a1 = tl.where(a1 > 0.0, _round(g_a1, BRANCH, EMULATE), 0.0)
+    # ReLU's backward as torch's threshold_backward: zero where a1 ≤ 0, so a NaN a1 passes g on.
+    g_a1 = tl.where(a1 <= 0.0, 0.0, _round(g_a1, BRANCH, EMULATE))
     g_u1 = _bn_backward(
         g_a1,
         nj_mask,

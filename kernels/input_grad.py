@@ -149,7 +149,7 @@ def input_grad_reduce_kernel(
     gb_offset,  # and before gbr
     BLOCK: tl.constexpr,
 ):
-    """gWr = Σ_s gw_part[s], gbr = Σ_s gb_part[s], s in order; the last program sums gbr."""
+    """gWr = Σ_s gw_part[s], gbr = Σ_s gb_part[s], s in order; the programs after gWr's sum gbr."""
     pid = tl.program_id(0)
     gw_programs = tl.cdiv(hc, BLOCK)
     if pid < gw_programs:
@@ -160,7 +160,7 @@ def input_grad_reduce_kernel(
             acc += tl.load(part_ptr + s * hc + o, mask=mask, other=0.0)
         tl.store(out_ptr + gw_offset + o, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        o = tl.arange(0, BLOCK)
+        o = (pid - gw_programs) * BLOCK + tl.arange(0, BLOCK)
         mask = o < h
         acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
         for s in range(splits):
@@ -209,7 +209,7 @@ def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGr
             "COMPUTE": tl_compute_dtype(dtype),
             "num_warps": INPUT_GRAD_WARPS,
         },
-        reduce_grid=(cdiv(h * C, REDUCE_BLOCK) + 1,),
+        reduce_grid=(cdiv(h * C, REDUCE_BLOCK) + cdiv(h, REDUCE_BLOCK),),
     )
 
 

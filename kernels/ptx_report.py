@@ -183,6 +183,7 @@ def _module_launches(dtype: torch.dtype, channels_last: bool) -> list:
     train mode), per variant."""
     from bam_fused import FusedBAM
     from bam_fused.fused_bam import fused_bam
+    from bam_fused.fused_path import plan_fused_call
 
     jobs = []
     for variant in ("paper", "official"):
@@ -191,7 +192,7 @@ def _module_launches(dtype: torch.dtype, channels_last: bool) -> list:
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
         with captured_launches() as launches:
-            fused_bam(module, x).backward(torch.empty_like(x))
+            fused_bam(x, plan_fused_call(module, x)).backward(torch.empty_like(x))
         # The gate's own launches are reported above; the module's stage one skips gx.
         module_kernels = ("pool_reduce", "channel_mlp", "input_grad", "gate_bwd_kernel")
         jobs += [(variant, *launch) for launch in launches if launch[0].__name__.startswith(module_kernels)]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bam_fused import BAM, FusedBAM
-from bam_fused.fused_bam import fused_path_blocker
+from bam_fused.fused_path import fused_path_blocker
 
 # float64 against float64: the same math in another order, compared directly (absolute, relative).
 TOL64 = (1e-9, 1e-9)

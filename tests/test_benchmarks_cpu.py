@@ -4,9 +4,13 @@
 - ``pytest benchmarks/ --quick`` runs every benchmark once (kernels through the Triton
   interpreter, torch.compile on CPU) in both modes, with the profiler pass, and writes a result
   file of the full schema, which ``benchmarks.report`` renders to markdown and a PNG;
-- ``gpu_run.sh --dry-run`` lists every stage within the 5-minute budget and its at most 8 files,
-  running nothing; a bench stage of the script runs for real on a quick case;
-- the sanitizer driver runs its small set through the interpreter.
+- ``gpu_run.sh --dry-run`` lists every stage, correctness first, each budget with its basis,
+  within 6 minutes in the worst case and at most 8 files, running nothing; a bench stage of the
+  script runs for real on a quick case; a stage killed by its time guard keeps its own log and
+  every other stage's files; ``gpu_rerun.sh`` picks what a summary marks failed;
+- the sanitizer driver runs its small set through the interpreter; the kernel-variant count that
+  the budgets come from counts what a GPU would compile;
+- ``host_time`` sizes its batches to a budget and rewrites its file after every record.
 """
 
 import json
@@ -25,16 +29,21 @@ from benchmarks.timing import MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
+# gpu_run.sh's default stages, in order: setup, correctness, timings.
 GPU_RUN_STAGES = (
     "install",
     "env",
+    "module_tests",
+    "sanitizer",
+    "gpu_equiv",
     "bench_resnet",
     "bench_module",
     "bench_gate",
-    "gpu_equiv",
     "host_time",
-    "sanitizer",
-    "gpu_probes",
+)
+# A row of the dry run's plan and its basis line: number, stage, kind, budget, ends by, log, what, basis.
+PLAN_ROW = re.compile(
+    r"^  (\d+) +(\w+) +(setup|check|time|optional) +(\d+)s +(\d+)s  (\S+) +(.*)\n +basis: (.+)$", flags=re.M
 )
 
 
@@ -139,20 +148,56 @@ def _samples_per_round(record) -> int:
     return sampling.samples if record["extra"]["mode"] == "eager" else sampling.graph_samples
 
 
-def test_gpu_run_dry_run_lists_every_stage_and_runs_nothing(tmp_path):
+def _gpu_run_plan(script: str, out, *args, **env):
+    """(process, plan rows) of ``script --dry-run ... out``."""
+    proc = _run(["bash", f"benchmarks/{script}", "--dry-run", *args, str(out)], 60, **env)
+    return proc, PLAN_ROW.findall(proc.stdout)
+
+
+def test_gpu_run_dry_run_plans_correctness_first_within_six_minutes(tmp_path):
     out = tmp_path / "out"
-    proc = _run(["bash", "benchmarks/gpu_run.sh", "--dry-run", str(out)], 60)
+    proc, rows = _gpu_run_plan("gpu_run.sh", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r[1] for r in rows] == list(GPU_RUN_STAGES), proc.stdout
     script = (ROOT / "benchmarks" / "gpu_run.sh").read_text()
-    listed = re.findall(r"^  (\w+)\s+(\d+)s  ", proc.stdout, flags=re.M)
-    assert [name for name, _ in listed] == list(GPU_RUN_STAGES), proc.stdout
-    for name, _ in listed:
+    for _, name, *_ in rows:
         assert f"stage_{name}() {{" in script, f"stage {name} is listed but has no stage_{name} function"
-    total = sum(int(b) for _, b in listed)
-    assert total <= 300 and f"total budget {total}s" in proc.stdout, proc.stdout
+    kinds = [r[2] for r in rows]
+    assert "check" in kinds and max(i for i, k in enumerate(kinds) if k == "check") < kinds.index("time"), kinds
+    assert all(len(r[7].split()) >= 4 for r in rows), "every budget states its basis"
+    budgets, ends = [int(r[3]) for r in rows], [int(r[4]) for r in rows]
+    grace, summary_s = map(
+        int, re.search(r"with (\d+)s kill grace per stage and (\d+)s of summary", proc.stdout).groups()
+    )
+    assert ends == [sum(budgets[: i + 1]) + (i + 1) * grace for i in range(len(rows))], proc.stdout
+    worst = int(re.search(r"worst case (\d+)s", proc.stdout).group(1))
+    assert f"total budget {sum(budgets)}s" in proc.stdout and worst == ends[-1] + summary_s <= 360, proc.stdout
     files = re.search(r"files \((\d+), limit 8\): (.*)", proc.stdout)
     assert files and int(files.group(1)) == len(files.group(2).split()) <= 8, proc.stdout
+    logs = {r[5] for r in rows} | {"summary.txt"}
+    assert logs <= set(files.group(2).split()), "every stage logs into a returned file"
+    assert "not selected: gpu_probes (optional" in proc.stdout, "the optional stage runs only when named"
     assert not out.exists(), "the dry run must not create or write anything"
+
+
+def test_gpu_run_dry_run_keeps_the_table_order_and_refuses_a_plan_past_its_limit(tmp_path):
+    proc, rows = _gpu_run_plan("gpu_run.sh", tmp_path, GPU_RUN_STAGES="gpu_probes,env")
+    assert proc.returncode == 0 and [r[1] for r in rows] == ["env", "gpu_probes"], proc.stdout
+    proc, rows = _gpu_run_plan("gpu_run.sh", tmp_path, GPU_RUN_LIMIT="100")
+    assert proc.returncode == 1 and "exceeds 100 s" in proc.stderr, proc.stdout + proc.stderr
+    summary_s = int(re.search(r"(\d+)s of summary", proc.stdout).group(1))
+    late = [r[1] for r in rows if r[6].startswith("NOT STARTED")]
+    assert late and late == [r[1] for r in rows if int(r[4]) + summary_s > 100], proc.stdout
+
+
+def _summary_stages(path) -> dict:
+    """stage -> status, from the machine-readable lines of a summary.txt."""
+    return {m[0]: m[1] for m in re.findall(r"^stage (\w+) +(\w+) ", path.read_text(), flags=re.M)}
+
+
+def _section(log, stage) -> str:
+    """A stage's part of a shared log, from its header to its closing line."""
+    return re.search(rf"^===== {stage} \(budget.*?^===== {stage} \w+ rc=.*?$", log, flags=re.M | re.S).group(0)
 
 
 @pytest.mark.slow
@@ -164,10 +209,105 @@ def test_gpu_run_bench_stage_appends_to_one_result_file(tmp_path):
     proc = _run(["bash", "benchmarks/gpu_run.sh", str(out)], 600, **env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| measure | goal |" in proc.stdout, proc.stdout[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.log", "tests.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.log", "summary.txt"]
     records = load(out / "bench.json")["records"]
     assert {(r["op"], r["extra"]["mode"]) for r in records} == {("gate_fwd", m) for m in MODES}, records
-    assert "===== bench_gate rc=0" in (out / "bench.log").read_text()
+    assert "===== bench_gate ok rc=0" in (out / "bench.log").read_text()
+    assert _summary_stages(out / "summary.txt") == {"bench_gate": "ok"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CUDA, reason="the test stages' tests would run for real on CUDA")
+def test_gpu_run_stage_killed_by_its_guard_keeps_its_log_and_the_other_files(tmp_path):
+    """gpu_equiv sleeps past its budget after its pytest (the test hook): its guard kills it; its log
+    keeps what it printed, env before it and gpu_probes after it keep theirs, and the summary says so."""
+    out = tmp_path / "out"
+    env = {
+        "GPU_RUN_STAGES": "env,gpu_equiv,gpu_probes",
+        "GPU_RUN_SLEEP": "gpu_equiv:300",
+        "GPU_RUN_BUDGETS": "gpu_equiv:30",
+        "PYTHON": sys.executable,
+    }
+    proc = _run(["bash", "benchmarks/gpu_run.sh", str(out)], 200, **env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "summary.txt", "tests.log"]
+    assert _summary_stages(out / "summary.txt") == {"env": "ok", "gpu_equiv": "TIMEOUT", "gpu_probes": "ok"}
+    env_txt = (out / "env.txt").read_text()
+    assert "python " in env_txt and "device none" in env_txt and "===== env ok rc=0" in env_txt, env_txt
+    tests_log = (out / "tests.log").read_text()
+    killed = _section(tests_log, "gpu_equiv")
+    assert "38 skipped" in killed and "GPU_RUN_SLEEP: stage_gpu_equiv returned 0" in killed, killed
+    assert re.search(r"===== gpu_equiv TIMEOUT rc=124 3\ds of 30s", killed), killed
+    assert "8 skipped" in _section(tests_log, "gpu_probes"), tests_log
+    # The summary, correctness first, is the end of the output; and the rerun picks the killed stage.
+    tail = proc.stdout[proc.stdout.index("gpu_run summary") :]
+    assert tail.index("stage gpu_equiv") < tail.index("--- correctness"), tail
+    rerun, rows = _gpu_run_plan("gpu_rerun.sh", tmp_path / "again", "--from", str(out / "summary.txt"))
+    assert rerun.returncode == 0 and [r[1] for r in rows] == ["install", "env", "gpu_equiv"], rerun.stdout
+
+
+SUMMARY = """\
+stage install       ok        rc=0       3s/8s
+stage env           ok        rc=0       2s/8s    device NVIDIA H100 80GB HBM3 sm 9.0
+stage module_tests  FAILED    rc=1      40s/50s   2 failed, 49 passed in 31.0s
+stage sanitizer     ok        rc=0      40s/45s
+stage gpu_equiv     ok        rc=0      15s/20s   38 passed in 9.1s
+stage bench_resnet  TIMEOUT   rc=124    85s/85s
+stage bench_module  ok        rc=0      30s/40s
+stage bench_gate    NOT_RUN   rc=-       0s/50s
+failed module_tests tests/test_fused_module.py::test_half_module[torch.bfloat16]
+failed module_tests tests/test_fused_module.py::test_gradcheck_float64[train]
+"""
+
+
+def test_gpu_rerun_dry_run_selects_what_failed_and_what_is_named(tmp_path):
+    summary = tmp_path / "summary.txt"
+    summary.write_text(SUMMARY)
+    failed_ids = re.findall(r"^failed module_tests (\S+)", SUMMARY, flags=re.M)
+    proc, rows = _gpu_run_plan("gpu_rerun.sh", tmp_path / "out", "--from", str(summary))
+    assert [r[1] for r in rows] == ["install", "env", "module_tests", "bench_resnet", "bench_gate"], proc.stdout
+    assert f"only these of their tests: {' '.join(failed_ids)}" in proc.stdout
+    # Past 180 s: the plan says which stage would not start (a real run marks it NOT_RUN again).
+    assert proc.returncode == 1 and "(limit 180s)" in proc.stdout, proc.stdout + proc.stderr
+    assert [r[1] for r in rows if r[6].startswith("NOT STARTED")] == ["bench_gate"], proc.stdout
+    # A stage named whole runs whole, in the table's order.
+    proc, rows = _gpu_run_plan("gpu_rerun.sh", tmp_path / "out", "--stages", "host_time,sanitizer")
+    assert proc.returncode == 0 and [r[1] for r in rows] == ["install", "env", "sanitizer", "host_time"], proc.stdout
+    assert "only these" not in proc.stdout, proc.stdout
+    proc, rows = _gpu_run_plan("gpu_rerun.sh", tmp_path / "out", "--from", str(summary), "--stages", "module_tests")
+    assert "module_tests" in [r[1] for r in rows] and "only these" not in proc.stdout, proc.stdout
+    summary.write_text("stage env           ok        rc=0       2s/8s\n")
+    proc = _run(["bash", "benchmarks/gpu_rerun.sh", "--dry-run", "--from", str(summary), str(tmp_path / "out")], 60)
+    assert proc.returncode == 0 and "nothing to rerun" in proc.stdout, proc.stdout
+
+
+def test_kernel_variants_counts_what_a_gpu_would_compile(monkeypatch):
+    """The count the budgets come from: one variant per kernel and specialisation, however often it
+    launches; another dtype, layout or a size that is no longer a multiple of 16 is another."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "gpu"))
+    from bam_fused import bam_gate
+    from gpu_common import KernelVariants, kernel_variants
+
+    def forward(dtype, shape=(2, 16, 4, 4), memory_format=torch.contiguous_format):
+        x = torch.randn(shape, dtype=dtype).contiguous(memory_format=memory_format)
+        bam_gate(x, torch.randn(shape[:2], dtype=dtype), torch.randn(shape[0], *shape[2:], dtype=dtype))
+
+    with kernel_variants() as variants:
+        forward(torch.float32)
+        forward(torch.float32)
+    assert variants.distinct == variants.compiled == 1 and variants.launches["gate_fwd_kernel"] == 2
+    with kernel_variants() as variants:
+        forward(torch.float32)
+        forward(torch.bfloat16)
+        forward(torch.float32, memory_format=torch.channels_last)
+        forward(torch.float32, shape=(2, 16, 4, 5))
+    assert variants.distinct == 4, variants.summary()
+    assert variants.summary().startswith("kernel variants: 4 a GPU would compile, 4 launches (gate_fwd_kernel 4)")
+    # What pytest-xdist workers hand back, summed: distinct variants once, compiles per process.
+    merged = KernelVariants(processes=0)
+    for _ in range(2):
+        merged.merge(json.loads(json.dumps(variants.to_json())))
+    assert (merged.distinct, merged.compiled, merged.processes, merged.launches["gate_fwd_kernel"]) == (4, 8, 2, 8)
 
 
 @pytest.mark.slow
@@ -239,12 +379,46 @@ def test_host_time_runs_with_no_op_kernels_and_restores_them(tmp_path):
     assert all(getattr(mod, attr) is k for mod, (_, attr), k in zip(modules, KERNELS, before))
 
     out = tmp_path / "host.json"
-    proc = _run([sys.executable, "-m", "benchmarks.host_time", "--quick", "--out", str(out)], 300)
+    args = [sys.executable, "-m", "benchmarks.host_time", "--quick", "--budget-s", "20", "--out", str(out)]
+    proc = _run(args, 300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = json.loads(out.read_text())["records"]
-    paths = {(r["path"], r["layout"]) for r in records}
-    assert paths == {(p, layout) for p in PATHS + MODULE_PATHS for layout in ("nchw", "channels_last")}
-    assert all(r["host_us"] > 0 for r in records), records
+    data = json.loads(out.read_text())
+    records = data["records"]
+    paths = [(r["path"], r["layout"]) for r in records]
+    # The whole module first: its host cost is the open question.
+    assert paths == [(p, layout) for layout in ("nchw", "channels_last") for p in MODULE_PATHS + PATHS]
+    assert all(r["host_us"] > 0 and 1 <= r["calls"] <= 5 and r["repeats"] == 3 for r in records), records
+    assert data["budget_s"] == 20
+
+
+def test_host_time_plans_its_batches_within_the_share():
+    from benchmarks.host_time import MIN_REPEATS, plan_calls
+
+    assert plan_calls(1e-6, 10.0, 200, 60) == (200, 60)  # fast: the caps
+    assert plan_calls(2.0, 0.1, 200, 60) == (1, MIN_REPEATS)  # slower than the share: the floor
+    for call_s in (1e-5, 3e-4, 3e-3, 2e-2):
+        for share_s in (0.05, 0.5, 2.0):
+            calls, repeats = plan_calls(call_s, share_s, 200, 60)
+            assert 1 <= calls <= 200 and MIN_REPEATS <= repeats <= 60
+            if share_s >= (MIN_REPEATS + 1) * call_s:  # the warm-up batch and the timed ones fit
+                assert (repeats + 1) * calls * call_s <= share_s, (call_s, share_s, calls, repeats)
+
+
+def test_host_time_rewrites_its_file_after_every_record(tmp_path, monkeypatch):
+    """What a run stopped by its time guard keeps: every record taken before the stop."""
+    from benchmarks import host_time
+
+    out = tmp_path / "host.json"
+    on_disk = []
+
+    def timed(fn, device, calls, repeats):  # stands in for the timing; reads the file as a kill would find it
+        on_disk.append(len(json.loads(out.read_text())["records"]) if out.exists() else 0)
+        return 1.0
+
+    monkeypatch.setattr(host_time, "host_us", timed)
+    assert host_time.main(["--stub", "--out", str(out)]) == 0
+    n = 2 * len(host_time.MODULE_PATHS + host_time.PATHS)
+    assert on_disk == list(range(n)) and len(json.loads(out.read_text())["records"]) == n
 
 
 @pytest.mark.slow

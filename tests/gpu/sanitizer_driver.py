@@ -4,16 +4,17 @@
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python tests/gpu/sanitizer_driver.py
     compute-sanitizer --tool racecheck python tests/gpu/sanitizer_driver.py
 
-Forward and backward through ``bam_gate`` for every mode (sum, product, max, channel-only,
-spatial-only; sum also without the residual) on 7×7 maps, sum and max on 1×1, 5×13 and 56×56,
-NCHW and channels_last, bf16 (fp32 on one shape), plus the backward with small forced tiles
-and a c-split; then a FusedBAM training step (forward and backward through its one autograd node:
+First a FusedBAM training step (forward and backward through its one autograd node:
 pool_reduce, channel_mlp, the gate, input_grad) per variant, in the other layout each, checked
-against eager BAM in float64. Few shapes per mode: each is a Triton compile, and the GPU run's
-budget is short.
+against eager BAM in float64; then forward and backward through ``bam_gate`` for every mode (sum,
+product, max, channel-only, spatial-only; sum also without the residual) on 7×7 maps, sum and max
+on 1×1, 5×13 and 56×56, NCHW and channels_last, bf16 (fp32 on one shape), plus the backward with
+small forced tiles and a c-split. Few shapes per mode: each is a Triton compile, and the GPU run's
+budget is short; the last lines printed count the kernel variants compiled (gpu_common).
 Without PyTorch's caching allocator every tensor is its own cudaMalloc, so memcheck sees an
-access past a tensor's end. Each result is checked against the float64 reference: exit 1 on
-a mismatch, 0 otherwise; one line per case, so a run cut short shows how far it got.
+access past a tensor's end. Each result is checked against the float64 reference: exit 1 if any
+case mismatched (the others still run, so that the sanitizers see every kernel), 0 otherwise; one
+line per case, so a run cut short shows how far it got.
 ``--small`` runs 1×1 and 7×7 only (the CPU interpreter smoke run).
 """
 
@@ -25,10 +26,13 @@ import torch
 
 from bam_fused import BAM, FusedBAM, bam_gate
 from bam_fused.kernels import BwdConfig, gate_bwd
-from gpu_common import DEVICE, assert_close, make_inputs, reference64
+from gpu_common import DEVICE, assert_close, kernel_variants, make_inputs, reference64
 
 MODES = (("sum", True), ("sum", False), ("product", True), ("max", True), ("channel", True), ("spatial", True))
 SMALL_BWD = BwdConfig(block_c=8, block_hw=16, splits=3, num_warps=2, reduce_block=64)
+# One FusedBAM training step per variant, each in the other layout: run first, so that a run cut
+# short by its time guard has checked the whole module's kernels.
+MODULE_STEPS = (("paper", False), ("official", True))
 
 
 def cases(small: bool):
@@ -87,34 +91,45 @@ def run_module_step(variant: str, cl: bool) -> None:
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9, msg=f"module {variant} channels_last={cl}")
 
 
+def all_cases(small: bool):
+    """(label, zero-argument check) for every case, in the order run: the module steps first."""
+    for variant, cl in MODULE_STEPS:
+        yield f"FusedBAM {variant} channels_last={cl}", lambda v=variant, c=cl: run_module_step(v, c)
+    for case in cases(small):
+        shape, mode, residual, cl, dtype = case
+        yield f"{mode} residual={residual} channels_last={cl} {dtype} {shape}", lambda c=case: run_case(*c)
+    for shape in [(2, 40, 9, 11)] + ([] if small else [(2, 64, 56, 56)]):
+        for cl in (False, True):
+            yield f"split backward channels_last={cl} {shape}", lambda s=shape, c=cl: run_split_backward(s, c)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="1×1 and 7×7 maps only")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    count = 0
-    try:
-        for case in cases(args.small):
-            run_case(*case)
+    count, mismatches = 0, 0
+    with kernel_variants() as variants:
+        # A mismatch does not stop the run: the sanitizers still see every kernel after it.
+        for label, check in all_cases(args.small):
             count += 1
-            print(f"case {count}: {case[1]} residual={case[2]} channels_last={case[3]} {case[4]} {case[0]}", flush=True)
-        for shape in [(2, 40, 9, 11)] + ([] if args.small else [(2, 64, 56, 56)]):
-            for cl in (False, True):
-                run_split_backward(shape, cl)
-                count += 1
-                print(f"case {count}: split backward channels_last={cl} {shape}", flush=True)
-        for variant, cl in (("paper", False), ("official", True)):
-            run_module_step(variant, cl)
-            count += 1
-            print(f"case {count}: FusedBAM {variant} channels_last={cl}", flush=True)
+            try:
+                check()
+            except AssertionError as e:
+                mismatches += 1
+                print(f"case {count}: MISMATCH {label}: {e}", flush=True)
+            else:
+                print(f"case {count}: {label}", flush=True)
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
-    except AssertionError as e:
-        print(f"sanitizer_driver: MISMATCH after {count} cases: {e}", file=sys.stderr)
+        print(variants.summary(), flush=True)
+    seconds = time.perf_counter() - t0
+    if mismatches:
+        print(f"sanitizer_driver: MISMATCH in {mismatches} of {count} cases on {DEVICE} ({seconds:.1f} s)")
         return 1
     print(
-        f"sanitizer_driver: {count} cases (forward + backward) on {DEVICE}, all match the float64 reference "
-        f"({time.perf_counter() - t0:.1f} s)"
+        f"sanitizer_driver: {count} cases (forward + backward) on {DEVICE}, "
+        f"all match the float64 reference ({seconds:.1f} s)"
     )
     return 0
 
