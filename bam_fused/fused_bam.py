@@ -16,12 +16,17 @@ computes, and when ``FusedBAM`` runs the per-op path instead, is decided by
 takes: the layers, their parameters and each BatchNorm's mode for this call.
 """
 
+from __future__ import annotations
+
 import contextlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from .fused_path import BatchNormCall, FusedCall, Structure
+from .preflight import backward_both_ways, meta_like
+
+if TYPE_CHECKING:  # (fused_path imports this file: it checks what these functions launch)
+    from .fused_path import BatchNormCall, FusedCall, Structure
 
 
 def _by_layer(s: Structure, params) -> dict:
@@ -303,6 +308,18 @@ def fused_bam(x: torch.Tensor, call: FusedCall) -> torch.Tensor:
         if keep:
             return _FusedBAMFunction.apply(x, call, *call.params)
         return _forward(x, call, call.params, keep=False)[0]
+
+
+def step_on_meta(x: torch.Tensor, call: FusedCall) -> None:
+    """A training step of ``call`` on meta tensors shaped like x and the call's: the kernels a real
+    step launches, with nothing computed (``bam_fused.preflight``)."""
+    params = tuple(meta_like(p, p.requires_grad) for p in call.params)
+    bns = {
+        bn: c._replace(running_mean=meta_like(c.running_mean), running_var=meta_like(c.running_var))
+        for bn, c in call.bns.items()
+    }
+    meta_call = call._replace(params=params, bns=bns, counted=[], autocast=False)  # (its dtypes are explicit)
+    backward_both_ways(fused_bam(meta_like(x, requires_grad=True), meta_call))
 
 
 def _frozen(c: BatchNormCall) -> BatchNormCall:

@@ -47,7 +47,9 @@ from torch import nn
 
 from .branches import ChannelGate, SpatialGate
 from .common import FLOAT_DTYPES
+from .fused_bam import step_on_meta
 from .ops import triton_can_run
+from .preflight import kernels_unavailable
 
 _GLOBAL_HOOKS = (
     "_global_forward_hooks",
@@ -100,6 +102,7 @@ class Structure(NamedTuple):
     bns: tuple[nn.modules.batchnorm._BatchNorm, ...]  # the BatchNorms in the order they run
     dtype: torch.dtype  # of every parameter and floating buffer
     device: torch.device
+    kernel_key: tuple  # what the kernels' specialisations depend on (channels, widths, the layers present)
 
     @property
     def hidden(self) -> int:
@@ -130,6 +133,7 @@ class FusedCall(NamedTuple):
     branch_dtype: torch.dtype  # autocast's dtype for the branches, or x's
     autocast: bool  # the branches run under autocast (their intermediates rounded to branch_dtype)
     error: Exception | None  # what eager BAM raises for this call, found before any effect
+    bn_modes: tuple  # (batch_stats, update) of each BatchNorm: the kernels specialise on them
 
 
 class _Check:
@@ -213,8 +217,17 @@ def fused_path_blocker(module, x: torch.Tensor) -> str | None:
 
 def check_fused_path(module, x: torch.Tensor) -> "FusedCall | str":
     """The fused path's plan for ``module`` (a FusedBAM) on x (N, C, H, W), or why the per-op path
-    must run. Changes nothing; x's channel count is already checked."""
-    return _call_blocker(module, x) or plan_fused_call(module, x)
+    must run. Changes nothing; x's channel count is already checked. The first call of each
+    configuration compiles and loads its kernels for x's device (:mod:`bam_fused.preflight`): one
+    that cannot run there sends the configuration the per-op way, with a warning, or raises under
+    ``backend="triton"``."""
+    call = _call_blocker(module, x) or plan_fused_call(module, x)
+    if isinstance(call, str) or call.error is not None:
+        return call
+    s = call.structure
+    key = (x.device, x.shape, x.stride(), x.dtype, call.branch_dtype, call.combine, s.kernel_key, call.bn_modes)
+    fallback = None if module.gate_backend == "triton" else "FusedBAM runs the per-op path"
+    return kernels_unavailable(key, lambda: step_on_meta(x, call), x, fallback) or call
 
 
 def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
@@ -246,8 +259,8 @@ def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     plan = _batch_norm_plan(check, s.bns, buffers, N, H, W)
     if isinstance(plan, str):
         return plan
-    bns, counted, error = plan
-    return FusedCall(s, params, bns, counted, module.combine, *dtypes, error)
+    bns, counted, error, modes = plan
+    return FusedCall(s, params, bns, counted, module.combine, *dtypes, error, modes)
 
 
 def _call_blocker(module, x: torch.Tensor) -> str | None:
@@ -293,8 +306,9 @@ _BN_STATE = operator.attrgetter("training", "track_running_stats", "eps", "momen
 
 def _batch_norm_plan(check: _Check, bns, buffers, N: int, H: int, W: int) -> "tuple | str":
     """(BatchNorm → its BatchNormCall, the num_batches_tracked buffers this call counts, the error
-    eager BAM raises or None) for the BatchNorms ``bns`` in the order they run, with ``buffers``
-    their (running_mean, running_var, num_batches_tracked) flattened; or why the per-op path runs.
+    eager BAM raises or None, each one's (batch_stats, update)) for the BatchNorms ``bns`` in the
+    order they run, with ``buffers`` their (running_mean, running_var, num_batches_tracked)
+    flattened; or why the per-op path runs.
     Reused from ``check`` while every mode stays, N > 1 (only one sample can meet the one-value
     error) and no cumulative average reads its count on the host."""
     state = tuple(map(_BN_STATE, bns))
@@ -318,11 +332,16 @@ def _batch_norm_calls(bns, buffers, N: int, H: int, W: int) -> "tuple | str":
         batch_stats = training or rm is None
         size = torch.Size((N, bn.num_features, H, W) if isinstance(bn, nn.BatchNorm2d) else (N, bn.num_features))
         if batch_stats and size.numel() // bn.num_features == 1:
-            return {}, [], ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+            return (
+                {},
+                [],
+                ValueError(f"Expected more than 1 value per channel when training, got input size {size}"),
+                (),
+            )
         if batch_stats and eps <= 0.0:
-            return {}, [], ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+            return {}, [], ValueError(f"batch_norm eps must be positive during training, but got {eps}"), ()
         if eps < 0.0:
-            return {}, [], ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+            return {}, [], ValueError(f"batch_norm eps must be non-negative, but got {eps}"), ()
         update = training and tracked and rm is not None
         momentum = 0.0
         if update:
@@ -336,7 +355,7 @@ def _batch_norm_calls(bns, buffers, N: int, H: int, W: int) -> "tuple | str":
             counted.append(nbt)
         passed = not training or tracked  # nn.BatchNorm hands F.batch_norm its buffers only then
         out[bn] = BatchNormCall(bn, batch_stats, update, momentum, eps, *((rm, rv) if passed else (None, None)))
-    return out, counted, None
+    return out, counted, None, tuple((c.batch_stats, c.update) for c in out.values())
 
 
 def _tree(module: nn.Module) -> list[nn.Module]:
@@ -381,7 +400,17 @@ def _structure(module, tree: list, check: _Check) -> "Structure | str":
     check.convs = tuple(m for m in layers if isinstance(m, nn.Conv2d))
     check.param_dicts = tuple(m._parameters for m in layers)
     check.buffer_dicts = tuple(m._buffers for m in bns)
-    s = Structure(fc0, bn1, fc_final, bn_c, reduce, bn_r, dilated, conv_final, bn_s, layers, bns, None, None)
+    kernel_key = (
+        module.gate_channel,
+        fc0.out_features if fc0 is not None else 0,
+        reduce.out_channels if reduce is not None else 0,
+        bn_c is not None,
+        len(dilated),
+        bn_s is not None,
+    )
+    s = Structure(
+        fc0, bn1, fc_final, bn_c, reduce, bn_r, dilated, conv_final, bn_s, layers, bns, None, None, kernel_key
+    )
     tensors = check.read_tensors()
     if tensors is None:
         return "a layer's weight or bias, or a BatchNorm's buffer, is not registered"

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from . import reference
 from .common import BACKENDS, COMBINES, FLOAT_DTYPES, interpreter_requested
+from .preflight import backward_both_ways, kernels_unavailable, meta_like
 
 
 def triton_can_run(x: Tensor) -> bool:
@@ -158,6 +159,25 @@ def _check_map(name: str, m, want: tuple, alt: tuple, x: Tensor) -> Tensor | Non
     return m
 
 
+def _gate_unavailable(x, mc, ms, combine: str, residual: bool, backend: str) -> str | None:
+    """Why the gate kernels cannot run for this configuration on x's device (found once per
+    configuration, before anything runs: :mod:`bam_fused.preflight`), or None. Under
+    ``backend="triton"`` a RuntimeError instead."""
+    key = (x.device, x.shape, x.stride(), x.dtype, _dtype(mc), _dtype(ms), combine, residual)
+    fallback = None if backend == "triton" else "bam_gate runs the reference gate"
+    return kernels_unavailable(key, lambda: _gate_step_on_meta(x, mc, ms, combine, residual), x, fallback)
+
+
+def _dtype(m: Tensor | None):
+    return None if m is None else m.dtype
+
+
+def _gate_step_on_meta(x, mc, ms, combine: str, residual: bool) -> None:
+    """The gate's forward and backward on meta tensors shaped like the call's: its launches."""
+    leaves = [meta_like(t, requires_grad=True) for t in (x, mc, ms)]
+    backward_both_ways(_GateFunction.apply(*leaves, combine, residual))
+
+
 def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True, backend: str = "auto"):
     """The BAM gate ``y = x · (1 + σ(mc ⊕ ms))``, or ``x · σ(mc ⊕ ms)`` with ``residual=False``.
 
@@ -200,6 +220,8 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return _gate_op(x, mc, ms, combine, bool(residual))
         if not _transformed():
+            if _gate_unavailable(x, mc, ms, combine, bool(residual), backend):
+                return reference.bam_gate(x, *_reference_maps(x, mc, ms), combine, bool(residual))
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):
                 return _GateFunction.apply(x, mc, ms, combine, bool(residual))
             return _gate_forward(x, mc, ms, combine, bool(residual))  # inference: no autograd node to build

@@ -102,11 +102,13 @@ def _bn_forward(
     COMPUTE: tl.constexpr,
 ):
     """A BatchNorm over the rows of u [BLOCK_N × BLOCK] (columns ``idx``): (out rounded to the
-    branch dtype, mean, 1/std); the running statistics updated when UPDATE."""
+    branch dtype, mean, 1/std); the running statistics updated when UPDATE. ``eps`` and
+    ``momentum`` float64 scalars, used in COMPUTE."""
     mean, var = _bn_stats(u, mask, N, BATCH, rm_ptr, rv_ptr, idx, idx_mask, COMPUTE)
-    invstd = 1.0 / tl.sqrt(var + eps)
+    # tl.full, not .to(): the interpreter hands scalars over as Python floats.
+    invstd = 1.0 / tl.sqrt(var + tl.full([], eps, COMPUTE))
     if UPDATE:
-        _bn_update_running(rm_ptr, rv_ptr, idx, idx_mask, mean, var, momentum, N)
+        _bn_update_running(rm_ptr, rv_ptr, idx, idx_mask, mean, var, tl.full([], momentum, COMPUTE), N)
     gamma = tl.load(w_ptr + idx, mask=idx_mask, other=0.0).to(COMPUTE)
     beta = tl.load(b_ptr + idx, mask=idx_mask, other=0.0).to(COMPUTE)
     out = _round((u - mean[None, :]) * (invstd * gamma)[None, :] + beta[None, :], BRANCH, EMULATE)
@@ -170,10 +172,13 @@ def channel_mlp_fwd_kernel(
     N,
     C,
     h,
-    eps1,
-    momentum1,
-    epsc,
-    momentumc,
+    # BN1's and BNc's eps and momentum: typed float64, as nn.BatchNorm holds them (a Python float
+    # argument would be fp32 in a compiled kernel and fp64 under the interpreter); each is used in
+    # the compute dtype, as eager's BatchNorm kernels use them.
+    eps1: tl.float64,
+    momentum1: tl.float64,
+    epsc: tl.float64,
+    momentumc: tl.float64,
     u1_offset,  # u1, a1 (N, h), u2 (N, C), mean1 and invstd1 (h), mean2 and invstd2 (C)
     a1_offset,
     u2_offset,
@@ -440,8 +445,8 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
     plan = mlp_plan(N, C, h, branch_dtype, p.dtype)
     out = torch.empty(plan.out_numel, device=p.device, dtype=p.dtype)
     some = bn1.weight
-    with launch_guard(channel_mlp_fwd_kernel, p.device):
-        channel_mlp_fwd_kernel[(1,)](
+    with launch_guard(channel_mlp_fwd_kernel, p.device) as launch:
+        launch[(1,)](
             p,
             w1,
             b1,
@@ -485,8 +490,8 @@ def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs
     h = w1.shape[0]
     plan = mlp_plan(N, C, h, gmc.dtype, p.dtype)
     offsets = tuple(grad_offsets) + ((0, 0) if bnc is None else ())
-    with launch_guard(channel_mlp_bwd_kernel, p.device):
-        channel_mlp_bwd_kernel[(1,)](
+    with launch_guard(channel_mlp_bwd_kernel, p.device) as launch:
+        launch[(1,)](
             gmc,
             p,
             save,

@@ -339,8 +339,8 @@ def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine
         return
     g, g_strides = _g_strides(g, x, plan)
     mw, mf = (mc, ms) if plan.walk_is_c else (ms, mc)
-    with launch_guard(gate_bwd_kernel, x.device):
-        gate_bwd_kernel[plan.grid](
+    with launch_guard(gate_bwd_kernel, x.device) as launch:
+        launch[plan.grid](
             g,
             x,
             mw if mw is not None else mf,  # pointers the kernel does not read stand in for absent tensors
@@ -367,8 +367,8 @@ def launch_gate_bwd_stage_two(parts, gmc, gms, plan: BwdPlan) -> None:
     if not programs:
         return
     some = gmc if gmc is not None else gms
-    with launch_guard(gate_bwd_reduce_kernel, parts.device):
-        gate_bwd_reduce_kernel[(programs,)](
+    with launch_guard(gate_bwd_reduce_kernel, parts.device) as launch:
+        launch[(programs,)](
             parts,
             gmc if gmc is not None else some,
             gms if gms is not None else some,

@@ -151,8 +151,8 @@ def gate_fwd(
         return y
     plan = fwd_plan(x, config, force_int64)
     mc, ms = dense(mc), dense(ms)
-    with launch_guard(gate_fwd_kernel, x.device):
-        gate_fwd_kernel[plan.grid](
+    with launch_guard(gate_fwd_kernel, x.device) as launch:
+        launch[plan.grid](
             x,
             mc if mc is not None else ms,  # an absent map's pointer is never read
             ms if ms is not None else mc,

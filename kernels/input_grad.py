@@ -241,8 +241,8 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
         g = like_layout(g, x)
         g_strides = hw_strides(g)
     small = mc if mc is not None else ms  # stands in for the pointers the kernel does not read
-    with launch_guard(input_grad_kernel, x.device):
-        input_grad_kernel[plan.grid](
+    with launch_guard(input_grad_kernel, x.device) as launch:
+        launch[plan.grid](
             g,
             x,
             gx,
@@ -273,8 +273,8 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
             **plan.meta,
         )
     if gz is not None:
-        with launch_guard(input_grad_reduce_kernel, x.device):
-            input_grad_reduce_kernel[plan.reduce_grid](
+        with launch_guard(input_grad_reduce_kernel, x.device) as launch:
+            launch[plan.reduce_grid](
                 part,
                 grads,
                 plan.splits,

@@ -123,31 +123,123 @@ def tile_shape(C: int, HW: int, channels_last: bool, tile_elems: int, max_fast: 
 # in module globals: two threads launching at once read each other's program ids. Reentrant, so
 # a launcher may hold it across several launches.
 _INTERPRETER_LOCK = threading.RLock()
-_NO_GUARD = contextlib.nullcontext()
+# Per thread: the list captured_launches() records into, while it is active.
+_capture = threading.local()
 
 
 def launch_guard(kernel, device: torch.device):
-    """The context every launcher wraps its kernel launches in: ``with launch_guard(kernel, x.device):``.
+    """The context every launch runs in, yielding what to launch:
+    ``with launch_guard(kernel, x.device) as launch: launch[grid](...)``.
 
     For a kernel decorated as interpreted (``TRITON_INTERPRET=1`` when ``bam_fused.kernels`` was
     first imported), a process-wide lock: interpreted launches are serialised, so threads calling
-    the gate at once get correct results. For a compiled kernel, a shared no-op context: CUDA
-    launches from several threads are already safe, and the guard costs only the ``with``
-    (so does anything else that stands in for a kernel, such as the benchmarks' no-op stubs).
+    the gate at once get correct results. For a compiled kernel, ``device`` made the current CUDA
+    device where it is not (Triton launches on the current device, not on its tensors': a model on
+    cuda:1 without ``torch.cuda.set_device(1)`` would hand device 1's pointers to device 0), else a
+    context that costs only the ``with`` (so does anything else that stands in for a kernel, such
+    as the benchmarks' no-op stubs). Inside :func:`captured_launches` (this thread), a recorder.
 
     Raises RuntimeError when a compiled kernel is handed CPU tensors: only an interpreted kernel
     runs on them, and Triton decides which one a kernel is when it is decorated.
     """
+    launches = getattr(_capture, "launches", None)
+    if launches is not None:
+        return contextlib.nullcontext(_Recorder(kernel, launches))
     if isinstance(kernel, InterpretedFunction):
-        return _INTERPRETER_LOCK
-    if isinstance(kernel, JITFunction) and device.type == "cpu":
-        raise RuntimeError(
+        return _Serialised(kernel)
+    if isinstance(kernel, JITFunction):
+        _check_compiled_can_run(kernel, device)
+        if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+            return _OnDevice(kernel, device.index)
+    return _ready(kernel)
+
+
+class CompiledForGPU(RuntimeError):
+    """A compiled kernel handed CPU tensors: how the kernels were set up, not what a GPU can run."""
+
+
+def _check_compiled_can_run(kernel: JITFunction, device: torch.device) -> None:
+    if device.type == "cpu":
+        raise CompiledForGPU(
             f"{kernel.__name__} was compiled for the GPU, not interpreted, so it cannot run on CPU tensors: "
             "TRITON_INTERPRET=1 must be set before bam_fused.kernels is first imported (set it in the "
             "environment, or call bam_fused.common.interpret_without_cuda() before importing the kernels "
             "or calling FusedBAM / bam_gate); setting it later has no effect on kernels already decorated"
         )
-    return _NO_GUARD
+
+
+@functools.cache
+def _ready(kernel) -> contextlib.nullcontext:
+    return contextlib.nullcontext(kernel)
+
+
+class _Serialised:
+    """An interpreted launch under the process-wide lock."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __enter__(self):
+        _INTERPRETER_LOCK.acquire()
+        return self.kernel
+
+    def __exit__(self, *exc):
+        _INTERPRETER_LOCK.release()
+
+
+class _OnDevice:
+    """A compiled launch with ``index`` the current CUDA device."""
+
+    __slots__ = ("kernel", "device")
+
+    def __init__(self, kernel, index: int):
+        self.kernel, self.device = kernel, torch.cuda.device(index)
+
+    def __enter__(self):
+        self.device.__enter__()
+        return self.kernel
+
+    def __exit__(self, *exc):
+        return self.device.__exit__(*exc)
+
+
+class _Recorder:
+    """Stands in for a kernel inside captured_launches(): ``kernel[grid](*args, **kwargs)`` is recorded."""
+
+    __slots__ = ("kernel", "launches")
+
+    def __init__(self, kernel, launches: list):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.kernel, args, kwargs))
+
+
+@contextlib.contextmanager
+def captured_launches():
+    """Launches recorded, not run: ``[(kernel, args, kwargs), ...]`` of every launch in this thread
+    inside the ``with``. The launchers can then run on meta tensors: what a real launch would
+    compile (the PTX report, the kernels' pre-flight check), computing nothing."""
+    launches = []
+    outer = getattr(_capture, "launches", None)
+    _capture.launches = launches
+    try:
+        yield launches
+    finally:
+        _capture.launches = outer
+
+
+def load_launch(kernel, args: tuple, kwargs: dict, device: torch.device) -> None:
+    """Compile and load a captured launch for ``device`` without running it: raises what its first
+    real launch would (Triton's OutOfResources for shared memory or threads, a compile error, an
+    arch it does not support); :class:`CompiledForGPU` for CPU tensors. Nothing to do for an
+    interpreted kernel."""
+    if isinstance(kernel, JITFunction):
+        _check_compiled_can_run(kernel, device)
+        with torch.cuda.device(device):
+            kernel.warmup(*args, grid=(1,), **kwargs).run  # noqa: B018 (the property loads the binary)
 
 
 def multiprocessor_count(device: torch.device) -> int:

@@ -137,8 +137,8 @@ def pool_reduce(
         return pool_part, z0
     z_strides = hw_strides(z0) if z0 is not None else (0, 0, 0)
     out = z0 if z0 is not None else pool_part  # stands in for the pointers the kernel does not read
-    with launch_guard(pool_reduce_kernel, x.device):
-        pool_reduce_kernel[plan.grid](
+    with launch_guard(pool_reduce_kernel, x.device) as launch:
+        launch[plan.grid](
             x,
             w if w is not None else out,
             b if b is not None else out,

@@ -13,7 +13,6 @@ vectorises. Runs with TRITON_INTERPRET unset (the interpreter has no compiler).
 """
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..common import DTYPES, GATE_MODES, RESNET50_BAM_SHAPES, interpreter_requested
+from .layout import captured_launches
 
 # bam1's map in a ResNet-50: every size is a multiple of 16.
 N, C, H, W = RESNET50_BAM_SHAPES[0]
@@ -64,30 +64,11 @@ class KernelReport:
 _POINTER_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64", "int64": "i64"}
 
 
-@contextlib.contextmanager
-def captured_launches():
-    """Launches are recorded, not run: ``[(kernel, args, kwargs), ...]`` of every ``kernel[grid](...)``
-    inside the ``with``. The launchers then run on meta tensors, so the report compiles what a real
-    launch passes (and shows that no launch depends on tensor values)."""
-    from triton.runtime.jit import JITFunction
-
-    launches = []
-    original = JITFunction.run
-
-    def record(self, *args, grid, warmup, **kwargs):
-        launches.append((self, args, kwargs))
-
-    JITFunction.run = record
-    try:
-        yield launches
-    finally:
-        JITFunction.run = original
-
-
 def _specialise(fn, args: tuple, kwargs: dict):
     """Signature, constants and attributes as a real launch would give for these arguments:
-    tensors are pointers (16-byte aligned, as PyTorch allocates), integers equal to 1 become
-    constants and multiples of 16 are marked so, as Triton's launcher does."""
+    tensors are pointers (16-byte aligned, as PyTorch allocates), annotated scalars take their
+    annotation, other floats are fp32, integers equal to 1 become constants and multiples of 16
+    are marked so, as Triton's launcher does."""
     from triton.backends.compiler import BaseBackend
 
     values = dict(zip(fn.arg_names, args)) | {k: v for k, v in kwargs.items() if k in fn.arg_names}
@@ -100,6 +81,8 @@ def _specialise(fn, args: tuple, kwargs: dict):
         elif hasattr(value, "data_ptr"):
             signature[name] = "*" + _POINTER_TYPES[str(value.dtype).removeprefix("torch.")]
             attrs[(i,)] = BaseBackend.parse_attr("D")
+        elif fn.params[i].annotation_type:  # a typed scalar (the BatchNorms' float64 eps and momentum)
+            signature[name] = fn.params[i].annotation_type
         elif isinstance(value, float):
             signature[name] = "fp32"
         elif value == 1:
