@@ -79,6 +79,7 @@ def test_gate_keeps_channels_last_without_copy(dtype):
     assert_close(xi.grad, gx64, "x.grad")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_resnet_bam_autocast_channels_last(dtype):
     # A whole network in train mode on a batch of 2 amplifies every rounding (BN over 2×2 maps),

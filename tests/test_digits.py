@@ -61,6 +61,7 @@ def test_model_input_is_normalised_grey_in_three_channels():
         digits.to_model_input(images[:2, None], 16)
 
 
+@pytest.mark.slow
 def test_two_epochs_reach_90_percent(tmp_path):
     """The CI-sized run of the recipe: measured 97.77 % after 2 epochs (36 s, 1 thread)."""
     recipe = RECIPE.copy()

@@ -181,6 +181,7 @@ def _loss_results(model, x, run=None) -> dict:
     return {"y": y.detach()} | {f"{n}.grad": p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_forward_and_backward(device):
     torch._dynamo.reset()
     bam = bam_fused.FusedBAM(32, 8, backend="triton")

@@ -77,7 +77,7 @@ def _assert_close_by_name(ours: dict, theirs: dict, what: str) -> None:
         torch.testing.assert_close(ours[_ours(name)], value, rtol=1e-9, atol=1e-10 * scale, msg=f"{what} {name}")
 
 
-@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("depth", [18, pytest.param(50, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_converted_bam_resnet_matches_pytorchcv(depth, training):
     theirs = _pytorchcv_resnet(depth).train(training).double()
