@@ -57,8 +57,10 @@ from torch import nn
 
 from .branches import ChannelGate, SpatialGate
 from .common import FLOAT_DTYPES
-from .fused_bam import BatchNormMode, FusedCall, LayerSpec, Parts, op_args, op_call, run_order, step_on_meta
-from .ops import triton_can_run
+from .fused_bam import step_on_meta
+from .fused_call import BatchNormMode, FusedCall, LayerSpec, Parts, run_order
+from .fused_op import op_args, op_call
+from .ops import transformed, triton_can_run
 from .preflight import kernels_unavailable
 
 _GLOBAL_HOOKS = (
@@ -346,9 +348,7 @@ def _call_blocker(module, x: torch.Tensor, traced: bool = False) -> str | None:
         return f"x is a {type(x).__name__}, which the kernels cannot read"
     if x.dtype not in FLOAT_DTYPES:
         return f"x is {x.dtype}"
-    if torch.autograd.forward_ad._current_level >= 0 or (
-        torch._C._are_functorch_transforms_active() if traced else torch._C._functorch.is_functorch_wrapped_tensor(x)
-    ):
+    if transformed():
         return "forward-mode AD and torch.func transforms need the per-op path"
     N, _, H, W = x.shape
     if N == 0 or H * W == 0:
@@ -442,12 +442,10 @@ def _tree(module: nn.Module) -> list[nn.Module]:
 def _structure(module, tree: list, check: _Check) -> "Structure | str":
     """module's Structure, or why the fused path does not compute it; fills in ``check`` what the
     answer depends on beyond the tree's dictionaries (the layers' tensors, options)."""
-    from .modules import BAM  # (modules imports this file)
-
     if check.hooked:
         name = next(n for n, m in module.named_modules(remove_duplicate=False) if m is not module and _has_hooks(m))
         return f"a hook is registered on {name}"
-    if type(module).attention_maps is not BAM.attention_maps:
+    if "attention_maps" in module.overridden_bam_methods():
         return f"{type(module).__name__} overrides attention_maps, which the fused path would not run"
     for m in tree:
         # Compared as a bound method (not looked up in __dict__): torch.compile guards on it.

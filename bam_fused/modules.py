@@ -12,7 +12,8 @@ from torch import nn
 
 from .branches import ChannelGate, SpatialGate
 from .common import BACKENDS, BRANCHES, COMBINES, VARIANT_COMBINE, VARIANTS
-from .fused_bam import fused_bam, fused_bam_op
+from .fused_bam import fused_bam
+from .fused_op import fused_bam_op
 from .fused_path import check_fused_path, traced_fused_call
 from .ops import bam_gate
 from .pytorchcv_layout import pytorchcv_bam_parts
@@ -99,6 +100,14 @@ class BAM(nn.Module):
         ms = self.spatial_att(x) if self.spatial_att is not None else None
         return mc, ms
 
+    # What a BAM computes: a subclass that overrides either would lose it as a FusedBAM.
+    _FORWARD_METHODS = ("forward", "attention_maps")
+
+    def overridden_bam_methods(self) -> list[str]:
+        """Which of BAM's ``forward`` and ``attention_maps`` this module's class overrides: what a
+        FusedBAM's kernels would not run (:func:`convert_to_fused` and the fused path ask)."""
+        return [m for m in self._FORWARD_METHODS if getattr(type(self), m) is not getattr(BAM, m)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mc, ms = self.attention_maps(x)
         return bam_gate(x, mc, ms, combine=self.combine, backend=self.gate_backend)
@@ -165,15 +174,6 @@ def _released_config(module: nn.Module) -> dict | None:
     }
 
 
-# What a BAM computes: a subclass that overrides either would lose it as a FusedBAM.
-_BAM_FORWARD_METHODS = ("forward", "attention_maps")
-
-
-def _overridden(module: BAM) -> list[str]:
-    """The methods of :data:`_BAM_FORWARD_METHODS` that ``module``'s class overrides."""
-    return [m for m in _BAM_FORWARD_METHODS if getattr(type(module), m) is not getattr(BAM, m)]
-
-
 def _to_fused(module: nn.Module, backend: str) -> nn.Module | None:
     if isinstance(module, FusedBAM):
         return None
@@ -227,7 +227,7 @@ def convert_to_fused(model: nn.Module, backend: str = "auto") -> nn.Module:
     for path, module in kept:
         warnings.warn(
             f"convert_to_fused left {path or 'the model'} ({type(module).__qualname__}) as it is: it overrides "
-            f"BAM.{' and BAM.'.join(_overridden(module))}, which a FusedBAM would not run",
+            f"BAM.{' and BAM.'.join(module.overridden_bam_methods())}, which a FusedBAM would not run",
             stacklevel=2,
         )
     return converted
@@ -239,7 +239,7 @@ def _convert(module: nn.Module, backend: str, path: str, done: dict, kept: list)
     ``kept`` collects (path, module) of the BAM subclasses left as they are."""
     if module in done:
         return done[module]
-    keep = isinstance(module, BAM) and not isinstance(module, FusedBAM) and _overridden(module)
+    keep = isinstance(module, BAM) and not isinstance(module, FusedBAM) and module.overridden_bam_methods()
     if keep:
         kept.append((path, module))
     fused = None if keep else _to_fused(module, backend)

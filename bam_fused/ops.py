@@ -12,6 +12,9 @@ from torch import Tensor
 
 from . import reference
 from .common import BACKENDS, COMBINES, FLOAT_DTYPES, interpreter_requested
+from .kernels.gate_bwd import gate_bwd
+from .kernels.gate_fwd import gate_fwd
+from .kernels.layout import as_kernel_layout
 from .preflight import backward_both_ways, kernels_unavailable, meta_like
 
 
@@ -21,14 +24,10 @@ def triton_can_run(x: Tensor) -> bool:
 
 
 def _gate_forward(x, mc, ms, combine, residual):
-    from .kernels import gate_fwd
-
     return gate_fwd(x, mc, ms, combine=combine, residual=residual)
 
 
 def _gate_backward(g, x, mc, ms, combine, residual):
-    from .kernels import gate_bwd
-
     return gate_bwd(g, x, mc, ms, combine=combine, residual=residual)
 
 
@@ -40,8 +39,6 @@ def _gate_op(x: Tensor, mc: Tensor | None, ms: Tensor | None, combine: str, resi
 
 @_gate_op.register_fake
 def _(x, mc, ms, combine, residual):
-    from .kernels.layout import as_kernel_layout
-
     return torch.empty_like(as_kernel_layout(x))
 
 
@@ -57,8 +54,6 @@ def _gate_backward_op(
 
 @_gate_backward_op.register_fake
 def _(g, x, mc, ms, combine, residual):
-    from .kernels.layout import as_kernel_layout
-
     empty = x.new_empty(0)
     return (
         torch.empty_like(as_kernel_layout(x)),
@@ -135,7 +130,7 @@ class _GateFunction(torch.autograd.Function):
     backward = staticmethod(_backward_with(_gate_backward))
 
 
-def _transformed() -> bool:
+def transformed() -> bool:
     """Whether a torch.func transform (vmap, grad, jvp, …) or a forward-mode AD level is active:
     its tensors are wrappers or carry tangents, which the kernels cannot read."""
     return torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
@@ -219,7 +214,7 @@ def bam_gate(x, mc=None, ms=None, *, combine: str = "sum", residual: bool = True
         # torch.compile and torch.jit.trace record the custom op (the traced graph calls the kernels).
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return _gate_op(x, mc, ms, combine, bool(residual))
-        if not _transformed():
+        if not transformed():
             if _gate_unavailable(x, mc, ms, combine, bool(residual), backend):
                 return reference.bam_gate(x, *_reference_maps(x, mc, ms), combine, bool(residual))
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, mc, ms)):

@@ -20,7 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton.runtime.interpreter import InterpretedFunction
 
 from bam_fused import BAM, FusedBAM, preflight
-from bam_fused.fused_bam import _module_backward_op, _module_op, fused_bam, meta_call, op_args
+from bam_fused.fused_bam import fused_bam, meta_call
+from bam_fused.fused_op import _module_backward_op, _module_op, op_args
 from bam_fused.fused_path import plan_fused_call
 from bam_fused.kernels import layout
 from bam_fused.kernels.layout import captured_launches
