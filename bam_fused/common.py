@@ -13,7 +13,7 @@ import torch
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 FLOAT_DTYPES = tuple(DTYPES.values())
 
-# Options of the public API (SPEC: "Public API").
+# Options of the public API (ARCHITECTURE.md, "The contract the code keeps").
 COMBINES = ("sum", "product", "max")
 VARIANTS = ("paper", "official")
 VARIANT_COMBINE = {"paper": "sum", "official": "product"}  # the combine of a module built with combine=None

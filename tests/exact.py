@@ -24,7 +24,7 @@ from bam_fused import BAM, FusedBAM
 from bam_fused.fused_path import fused_path_blocker
 
 # float64 against float64: the same math in another order, compared directly (absolute, relative).
-TOL64 = (1e-9, 1e-9)
+TOL64 = {"atol": 1e-9, "rtol": 1e-9}
 # Below float64: A's relative error against the float64 run may be FACTOR times B's plus FLOOR.
 FACTOR = 3.0
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
@@ -44,13 +44,13 @@ def randomize_bn(module: nn.Module) -> None:
                     m.bias.uniform_(-0.5, 0.5)
 
 
-def module_pair(dtype=torch.float32, device="cpu", args=(16, 4), **kwargs) -> tuple[BAM, FusedBAM]:
-    """(eager BAM, FusedBAM with backend="triton") holding the same randomized weights and buffers.
+def module_pair(dtype=torch.float32, device="cpu", args=(16, 4), backend="triton", **kwargs) -> tuple[BAM, FusedBAM]:
+    """(eager BAM, FusedBAM with ``backend``) holding the same randomized weights and buffers.
 
     ``args`` and ``kwargs`` go to both constructors (gate_channel, reduction_ratio, variant, ...)."""
     eager = BAM(*args, **kwargs).to(device=device, dtype=dtype)
     randomize_bn(eager)
-    fused = FusedBAM(*args, **kwargs, backend="triton").to(device=device, dtype=dtype)
+    fused = FusedBAM(*args, **kwargs, backend=backend).to(device=device, dtype=dtype)
     fused.load_state_dict(eager.state_dict())
     return eager, fused
 
@@ -140,7 +140,7 @@ def assert_as_exact_as(got, want, exact, dtype: torch.dtype | None = None, *, sc
         if not e.is_floating_point():
             assert torch.equal(a, b) and torch.equal(b.cpu(), e.cpu()), f"{label}: {a}, {b}, exact {e}"
         elif (dtype or a.dtype) == torch.float64:
-            torch.testing.assert_close(a, e, atol=TOL64[0], rtol=TOL64[1], msg=label)
+            torch.testing.assert_close(a, e, **TOL64, msg=label)
         else:
             assert_close_to_exact(a, b, e.to(a.device), dtype or a.dtype, label, scale.get(key, 0.0))
 

@@ -19,15 +19,15 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils._python_dispatch import TorchDispatchMode
 from triton.runtime.interpreter import InterpretedFunction
 
-from bam_fused import BAM, FusedBAM, preflight
+from bam_fused import preflight
 from bam_fused.fused_bam import fused_bam, meta_call
 from bam_fused.fused_op import _module_backward_op, _module_op, op_args
 from bam_fused.fused_path import plan_fused_call
 from bam_fused.kernels import layout
 from bam_fused.kernels.layout import captured_launches
+from exact import TOL64, module_pair
 
 SHAPE = (3, 16, 5, 6)
-TOL64 = {"atol": 1e-9, "rtol": 1e-9}
 # The kernels' full-size operands over one forward+backward: pool_reduce reads x; the gate reads
 # x, writes y; stage one reads g, x; input_grad reads g, x, writes gx.
 PASSES = 8
@@ -42,15 +42,7 @@ def _fresh_dynamo():
 
 def _twins(dtype=torch.float64, momentum=0.1, **kwargs):
     """(eager BAM, FusedBAM) with the same non-trivial weights and running statistics."""
-    eager = BAM(16, 4, dilation_val=2, **kwargs).to(dtype)
-    for m in eager.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    fused = FusedBAM(16, 4, dilation_val=2, **kwargs, backend="triton").to(dtype)
-    fused.load_state_dict(eager.state_dict())
+    eager, fused = module_pair(dtype, dilation_val=2, **kwargs)
     for module in (eager, fused):
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -16,13 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from bam_fused import BAM, FusedBAM
 from bam_fused import fused_path as fused_path_module
 from bam_fused.fused_bam import _FusedBAMFunction
 from bam_fused.fused_path import fused_path_blocker
+from exact import TOL64, module_pair
 
 SHAPE = (3, 16, 5, 6)
-TOL = {"atol": 1e-9, "rtol": 1e-9}
 
 
 @pytest.fixture(autouse=True)
@@ -36,23 +35,9 @@ def _poison_uninitialised_memory():
         torch.use_deterministic_algorithms(False)
 
 
-def _randomize(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if m.running_mean is not None:
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-            if m.weight is not None:
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.5, 0.5)
-
-
 def _twins(change=None, dtype=torch.float64, args=(16, 4), **kwargs):
     """(eager BAM, FusedBAM) with the same weights, ``change`` applied to each (same seed)."""
-    eager = BAM(*args, dilation_val=2, **kwargs).to(dtype)
-    _randomize(eager)
-    fused = FusedBAM(*args, dilation_val=2, **kwargs, backend="triton").to(dtype)
-    fused.load_state_dict(eager.state_dict())
+    eager, fused = module_pair(dtype, args=args, dilation_val=2, **kwargs)
     for module in (eager, fused):
         torch.manual_seed(1)
         if change is not None:
@@ -77,7 +62,7 @@ def _assert_same(got, want, name):
         return
     assert got.dtype == want.dtype and got.shape == want.shape, name
     assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN where eager has none, or the reverse"
-    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), **TOL, msg=name)
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), **TOL64, msg=name)
 
 
 def _assert_steps_agree(eager, fused, fused_path: bool, x=None, steps=2):
@@ -392,11 +377,11 @@ def test_functional_call_swaps_are_seen():
     params = {n: torch.randn_like(p) for n, p in fused.named_parameters()}
     for module in (eager, fused):
         module.eval()
-    torch.testing.assert_close(fused(x), eager(x), **TOL)  # the check is cached
+    torch.testing.assert_close(fused(x), eager(x), **TOL64)  # the check is cached
     y_f = torch.func.functional_call(fused, params, (x,))
     y_e = torch.func.functional_call(eager, params, (x,))
-    torch.testing.assert_close(y_f, y_e, **TOL)
-    torch.testing.assert_close(fused(x), eager(x), **TOL)
+    torch.testing.assert_close(y_f, y_e, **TOL64)
+    torch.testing.assert_close(fused(x), eager(x), **TOL64)
 
 
 def test_blocker_names_the_reason():

@@ -15,23 +15,17 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from bam_fused import BAM, FusedBAM, bam_gate, preflight, reference
+from bam_fused import bam_gate, preflight, reference
 from bam_fused.fused_bam import _FusedBAMFunction, fused_bam
 from bam_fused.fused_path import fused_path_blocker, plan_fused_call
 from bam_fused.kernels import layout
+from exact import TOL64, module_pair
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 
 
 def _pair(dtype=torch.float64, backend="auto", **kwargs):
-    eager = BAM(16, 4, **kwargs).to(dtype)
-    for m in eager.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    fused = FusedBAM(16, 4, **kwargs, backend=backend).to(dtype)
-    fused.load_state_dict(eager.state_dict())
-    return eager, fused
+    return module_pair(dtype, backend=backend, **kwargs)
 
 
 def _steps_agree(eager, fused, x, steps=(True, True, False)):
@@ -45,7 +39,7 @@ def _steps_agree(eager, fused, x, steps=(True, True, False)):
             y.backward(torch.ones_like(y) * 0.3)
             results.append([y, xi.grad, *(p.grad for p in module.parameters()), *module.buffers()])
         for want, got in zip(*results, strict=True):
-            torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+            torch.testing.assert_close(got, want, **TOL64)
 
 
 def _float_args(kernel, args, kwargs):

@@ -15,7 +15,7 @@ def _bn(prefix: str, c: int) -> dict:
 
 
 def _bam(prefix: str, c: int, final_bn: bool = True, r: int = 16) -> dict:
-    """The released BAM's keys (SPEC), written out rather than read from our modules."""
+    """The released BAM's keys (ARCHITECTURE.md: state-dict keys), written out rather than read from our modules."""
     h = c // r
     g, s = f"{prefix}.channel_att.gate_c", f"{prefix}.spatial_att.gate_s"
     keys = {f"{g}.gate_c_fc_0.weight": (h, c), f"{g}.gate_c_fc_0.bias": (h,)}
