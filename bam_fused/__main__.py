@@ -13,11 +13,13 @@ import time
 
 import torch
 
-import bam_fused
-from bam_fused import BAM, FusedBAM, bam_gate, reference
 from bam_fused.common import COMBINES, RESNET50_BAM_SHAPES, interpret_without_cuda, relative_error
 
-CUDA = interpret_without_cuda()  # before the kernels are imported
+CUDA = interpret_without_cuda()  # before the kernels are imported (by the imports below)
+
+import bam_fused  # noqa: E402
+from bam_fused import BAM, FusedBAM, bam_gate, reference  # noqa: E402
+
 CPU_CHECK_SHAPES = [(2, 64, 7, 7), (2, 32, 5, 13), (1, 16, 1, 1)]
 CPU_TIMING_SHAPE = (8, 256, 28, 28)
 
