@@ -112,7 +112,6 @@ def _static(t: torch.Tensor) -> torch.Tensor:
 
 @_module_op.register_fake
 def _(x, params, running, counts, spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation):
-
     tensors = (_static(x), *([_static(t) for t in ts] for ts in (params, running, counts)))
     with captured_launches():  # the launchers allocate their outputs; nothing is launched
         return _forward_op_body(*tensors, (spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation))
@@ -148,7 +147,6 @@ def _module_backward_op(
 
 @_module_backward_op.register_fake
 def _(g, x, params, saved, spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation):
-
     tensors = (_static(g), _static(x), *([_static(t) for t in ts] for ts in (params, saved)))
     with captured_launches():
         return _backward_op_body(
