@@ -37,6 +37,7 @@ back as :attr:`FusedCall.error`, found before anything has changed: FusedBAM rai
 buffer, counter or statistic touched.
 """
 
+import functools
 import itertools
 import operator
 import weakref
@@ -46,7 +47,7 @@ import torch
 from torch import nn
 
 from .branches import ChannelGate, SpatialGate
-from .common import FLOAT_DTYPES
+from .common import FLOAT_DTYPES, compute_dtype
 from .fused_bam import step_on_meta
 from .ops import triton_can_run
 from .preflight import kernels_unavailable
@@ -250,17 +251,37 @@ def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     if isinstance(dtypes, str):
         return dtypes
     N, _, H, W = x.shape
-    if s.fc0 is not None:
-        from .kernels.channel_mlp import mlp_fits
+    from .kernels.target import target_of
 
-        if not mlp_fits(N, s.fc0.out_features):
-            return f"a batch of {N} at h={s.fc0.out_features} is more than one program holds for the channel branch"
+    mlp_hidden = s.fc0.out_features if s.fc0 is not None else 0
+    too_big = _kernels_blocker(mlp_hidden, s.hidden, N, x.dtype, dtypes[0], target_of(x.device))
+    if too_big is not None:
+        return too_big
     params, buffers = tensors
     plan = _batch_norm_plan(check, s.bns, buffers, N, H, W)
     if isinstance(plan, str):
         return plan
     bns, counted, error, modes = plan
     return FusedCall(s, params, bns, counted, module.combine, *dtypes, error, modes)
+
+
+@functools.lru_cache(maxsize=256)
+def _kernels_blocker(
+    mlp_hidden: int, reduce_hidden: int, N: int, x_dtype: torch.dtype, branch_dtype: torch.dtype, target
+) -> str | None:
+    """Why a program of the kernels cannot hold this call on ``target`` (None when they all can):
+    the channel branch's one program a batch of N at width ``mlp_hidden``, pool_reduce and
+    input_grad a reduce convolution to ``reduce_hidden`` channels (0: the branch is absent)."""
+    from .kernels.channel_mlp import mlp_fits
+    from .kernels.input_grad import input_grad_fits
+    from .kernels.pool_reduce import pool_reduce_fits
+
+    reasons = []
+    if mlp_hidden:
+        reasons.append(mlp_fits(N, mlp_hidden, branch_dtype, compute_dtype(x_dtype), target))
+    if reduce_hidden:
+        reasons += [pool_reduce_fits(reduce_hidden, x_dtype, branch_dtype, target), input_grad_fits(reduce_hidden)]
+    return next((r for r in reasons if r is not None), None)
 
 
 def _call_blocker(module, x: torch.Tensor) -> str | None:

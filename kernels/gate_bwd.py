@@ -39,10 +39,10 @@ from .layout import (
     launch_guard,
     layout_of,
     like_layout,
-    multiprocessor_count,
     tile_shape,
     tl_compute_dtype,
 )
+from .target import PROGRAM_REGISTERS, Target, target_of
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
 # programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
@@ -50,6 +50,11 @@ from .layout import (
 # ResNet-50 shape/layouts among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
 BWD_TILE_BYTES = 4096
 PROGRAMS_PER_SM = 4
+# Where stage one runs as tuned: on sm_80 and sm_90 in 2- and 4-byte dtypes ptxas's own register
+# choice stands (no spill there). Elsewhere it spilled 8-16 B (bf16/fp16 on sm_75/86/89/120, fp64
+# on sm_75-100) keeping more programs per SM than the split asks for: the cap is the registers
+# PROGRAMS_PER_SM programs leave each thread.
+TUNED_ARCHS = (80, 90)
 # Outputs per program of the reduction (stage two).
 REDUCE_BLOCK = 1024
 
@@ -191,6 +196,13 @@ def gate_bwd_reduce_kernel(
         _sum_parts(part_ptr + gms_part_offset, gms_ptr, gms_start, gms_numel, P_hw, HW, BLOCK, EMULATE_MS)
 
 
+def _register_cap(dtype: torch.dtype, target: Target, num_warps: int) -> dict:
+    """Stage one's maxnreg launch option (see TUNED_ARCHS), or none."""
+    if target.arch in TUNED_ARCHS and dtype.itemsize <= 4:
+        return {}
+    return {"maxnreg": PROGRAM_REGISTERS // (PROGRAMS_PER_SM * 32 * num_warps)}
+
+
 class BwdConfig(NamedTuple):
     """The backward's tuning knobs."""
 
@@ -252,18 +264,18 @@ class BwdPlan(NamedTuple):
 
 
 def bwd_plan(x: torch.Tensor, config: BwdConfig | None = None, force_int64: bool = False) -> BwdPlan:
-    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`bwd_config`'s), cached:
-    a training step asks for the same few plans on every call. ``force_int64`` takes the 64-bit
-    offset path whatever the size (tests)."""
-    return _bwd_plan(x.shape, x.stride(), x.dtype, x.device, config, force_int64)
+    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`bwd_config`'s for x's
+    device), cached: a training step asks for the same few plans on every call. ``force_int64``
+    takes the 64-bit offset path whatever the size (tests)."""
+    return _bwd_plan(x.shape, x.stride(), x.dtype, target_of(x.device), config, force_int64)
 
 
 @functools.lru_cache(maxsize=1024)
-def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
+def _bwd_plan(shape, strides, dtype, target: Target, config, force_int64) -> BwdPlan:
     N, C, H, W = shape
     HW = H * W
     lay = layout_of(shape, strides)
-    cfg = config or bwd_config(N, C, HW, lay.channels_last, dtype.itemsize, multiprocessor_count(device))
+    cfg = config or bwd_config(N, C, HW, lay.channels_last, dtype.itemsize, target.sms)
     walk_is_c = not lay.channels_last
     c_axis, hw_axis = (C, cfg.block_c, lay.stride_c), (HW, cfg.block_hw, lay.stride_hw)
     (walk, block_w, stride_w), (fast, block_f, stride_f) = (c_axis, hw_axis) if walk_is_c else (hw_axis, c_axis)
@@ -288,6 +300,7 @@ def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
             "COMPUTE": tl_compute_dtype(dtype),
             "NUM_STAGES": cfg.num_stages,
             "num_warps": cfg.num_warps,
+            **_register_cap(dtype, target, cfg.num_warps),
         },
         reduce_programs=(cdiv(N * C, cfg.reduce_block), cdiv(N * HW, cfg.reduce_block)),
         reduce_args=(gmc_part_offset, gms_part_offset, C, HW, P_c, P_hw, N * C, N * HW),

@@ -240,15 +240,3 @@ def load_launch(kernel, args: tuple, kwargs: dict, device: torch.device) -> None
         _check_compiled_can_run(kernel, device)
         with torch.cuda.device(device):
             kernel.warmup(*args, grid=(1,), **kwargs).run  # noqa: B018 (the property loads the binary)
-
-
-def multiprocessor_count(device: torch.device) -> int:
-    """SMs of a CUDA device; 1 elsewhere (the interpreter runs one program at a time)."""
-    if device.type == "cuda":
-        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return 1
-
-
-@functools.cache
-def _cuda_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count

@@ -1,35 +1,57 @@
-"""Compile the gate kernels ahead of time for a GPU target, without a GPU, and report on them.
+"""Compile the kernels ahead of time for GPU targets, without a GPU, and report on them.
 
     python -m bam_fused.kernels.ptx_report --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
                                            [--bwd-stages N]
+    python -m bam_fused.kernels.ptx_report --survey OUT.json [--archs 75,80,...] [--dtypes fp16,...]
+                                           [--shapes 64x256x56x56,...]
 
-For every kernel at representative specialisations (each combine mode, channel-only and
-spatial-only, the block shapes the launch heuristics pick for a ResNet-50 BAM map; the
-backward's reduction once), it prints whether the global loads and stores are 128-bit (the
-reduction's need not be: it moves a few % of the bytes), the registers, spills and shared
-memory, and writes the PTX to DIR. Specialisation follows a real launch: pointers and sizes
-divisible by 16 are marked so, strides equal to 1 become constants — without that nothing
-vectorises. Runs with TRITON_INTERPRET unset (the interpreter has no compiler).
+The first form compiles every kernel as its launcher launches it on bam1's map in a ResNet-50
+(each combine mode of the gate, channel-only and spatial-only, a FusedBAM training step in both
+variants) for one arch, and prints whether the global loads and stores are 128-bit (the
+reductions' need not be: they move a few % of the bytes), the registers, spills and shared
+memory, and writes the PTX to DIR.
+
+The survey compiles every launch of the gate and of a FusedBAM training step over shapes ×
+dtypes × layouts × variants × archs (default: :data:`SURVEY_SHAPES`, every dtype and layout,
+both variants, every arch of :data:`bam_fused.kernels.target.SHARED_BYTES`), each launch
+planned for its arch as on that GPU; a launch Triton specialises alike is compiled once. It
+writes one record per launch (registers, spill bytes, shared bytes and the arch's limit), and
+one per configuration the fused path routes to the per-op path, with the reason.
+
+Specialisation follows a real launch: pointers and sizes divisible by 16 are marked so, strides
+equal to 1 become constants — without that nothing vectorises. Runs with TRITON_INTERPRET unset
+(the interpreter has no compiler).
 """
 
 import argparse
+import contextlib
+import io
+import itertools
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from ..common import DTYPES, GATE_MODES, RESNET50_BAM_SHAPES, interpreter_requested
+from ..common import CIFAR_BAM_SHAPES, DTYPES, GATE_MODES, LAYOUTS, RESNET50_BAM_SHAPES, VARIANTS, interpreter_requested
 from .layout import captured_launches
+from .target import SHARED_BYTES, arch_target, planned_for
 
 # bam1's map in a ResNet-50: every size is a multiple of 16.
-N, C, H, W = RESNET50_BAM_SHAPES[0]
-# The H100/H200's SM count, for the backward's split.
-NUM_SMS = 132
+BAM1 = RESNET50_BAM_SHAPES[0]
+# The survey's shapes: a ResNet-50's BAM maps (a ResNet-101's are the same), a CIFAR ResNet's, and
+# the shapes the module's tests run (ragged, tiny, h below 16).
+TEST_BAM_SHAPES = ((3, 24, 5, 7), (4, 32, 6, 9), (8, 32, 8, 8), (2, 64, 8, 8))
+SURVEY_SHAPES = RESNET50_BAM_SHAPES + CIFAR_BAM_SHAPES + TEST_BAM_SHAPES
+# The reduction ratio of the tests' shapes (4: h of 6 to 16) and of the networks' (16).
+TEST_REDUCTION = 4
+NETWORK_REDUCTION = 16
 
 _WIDE_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z0-9_]+)*\.(v4\.(?:b32|f32|u32)|v2\.(?:b64|f64|u64))\b")
 _ANY_ACCESS = re.compile(r"\b(ld|st)\.global\b")
@@ -95,36 +117,53 @@ def _specialise(fn, args: tuple, kwargs: dict):
     return signature, consts, attrs
 
 
+def _options(kwargs: dict) -> dict:
+    return {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
+
+
+def specialisation_key(fn, args: tuple, kwargs: dict, arch: int) -> tuple:
+    """What Triton compiles a launch of ``fn`` for ``arch`` from: two launches with the same key
+    share one binary."""
+    signature, consts, attrs = _specialise(fn, args, kwargs)
+    return (
+        fn.__name__,
+        tuple(signature.items()),
+        tuple((k, str(v)) for k, v in consts.items()),
+        tuple(sorted((k, str(v)) for k, v in attrs.items())),
+        tuple(sorted(_options(kwargs).items())),
+        arch,
+    )
+
+
 def _block_label(kwargs: dict) -> str:
     """A launch's block constexprs in the kernel's order, and its warps."""
     return "x".join(str(v) for k, v in kwargs.items() if k.startswith("BLOCK")) + f"/w{kwargs['num_warps']}"
 
 
-def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers, spill bytes) from ptxas -v."""
+def _ptxas(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill bytes) of ``ptx`` assembled for ``arch`` by the ptxas Triton uses."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
+    ptx = re.sub(r"\.target sm_\d+a?", f".target {sm_arch_from_capability(arch)}", ptx, count=1)
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
         proc = subprocess.run(
-            [
-                get_ptxas(arch).path,
-                "-v",
-                f"--gpu-name={sm_arch_from_capability(arch)}",
-                src,
-                "-o",
-                os.path.join(tmp, "k.cubin"),
-            ],
+            [get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o", src + ".o"],
             capture_output=True,
             text=True,
             check=True,
         )
-    log = proc.stdout + proc.stderr
+    return _ptxas_log(proc.stdout + proc.stderr)
+
+
+def _ptxas_log(log: str) -> tuple[int, int] | None:
+    """(registers, spill bytes) from ptxas -v's log; None where it has none (a cached compile)."""
     regs = re.search(r"Used (\d+) registers", log)
-    spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
-    return (int(regs.group(1)) if regs else -1), sum(spills)
+    if regs is None:
+        return None
+    return int(regs.group(1)), sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
 
 
 def _count(ptx: str, kind: str) -> tuple[int, int]:
@@ -133,18 +172,62 @@ def _count(ptx: str, kind: str) -> tuple[int, int]:
     return wide, total
 
 
-def _gate_launches(dtype: torch.dtype, channels_last: bool, bwd_stages: int | None) -> list:
-    """(mode, kernel, args, kwargs) of the gate's launches at bam1's map, per mode: forward, the
-    backward's two stages (the reduction once: it does not depend on the mode); and stage one
-    once more for an expanded g."""
-    from .gate_bwd import bwd_config, gate_bwd
-    from .gate_fwd import gate_fwd
+def compile_launch(fn, args: tuple, kwargs: dict, arch: int) -> dict:
+    """A captured launch compiled for ``arch``: its PTX, registers, spill and shared bytes, and its
+    global accesses (128-bit ones, all; 16-byte cp.async)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
 
-    x = torch.empty((N, C, H, W), device="meta", dtype=dtype)
+    signature, consts, attrs = _specialise(fn, args, kwargs)
+    src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
+    # Triton's own ptxas run reports registers and spills (printed when asked): no second run.
+    log = io.StringIO()
+    with triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        triton.knobs.nvidia.dump_ptxas_log = True
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=_options(kwargs))
+    ptx = compiled.asm["ptx"]
+    registers, spill_bytes = _ptxas_log(log.getvalue()) or _ptxas(ptx, arch)
+    return _resources(ptx, registers, spill_bytes, compiled.metadata.shared)
+
+
+def _resources(ptx: str, registers: int, spill_bytes: int, shared_bytes: int) -> dict:
+    loads_128, loads = _count(ptx, "ld")
+    stores_128, stores = _count(ptx, "st")
+    return {
+        "ptx": ptx,
+        "loads_128": loads_128,
+        "loads_total": loads,
+        "stores_128": stores_128,
+        "stores_total": stores,
+        "registers": registers,
+        "spill_bytes": spill_bytes,
+        "shared_bytes": shared_bytes,
+        "async_copies_128": len(_ASYNC_COPY_128.findall(ptx)),
+    }
+
+
+def _meta_x(shape: tuple, dtype: torch.dtype, channels_last: bool, requires_grad: bool = False) -> torch.Tensor:
+    x = torch.empty(shape, device="meta", dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    config = bwd_config(N, C, H * W, channels_last, dtype.itemsize, NUM_SMS)
+    return x.requires_grad_(requires_grad)
+
+
+def gate_launches(shape: tuple, dtype: torch.dtype, channels_last: bool, bwd_stages: int | None = None) -> list:
+    """(mode, kernel, args, kwargs) of the gate's launches on x of ``shape``, per mode: forward, the
+    backward's two stages (the reduction once: it does not depend on the mode); and stage one once
+    more for an expanded g. Planned for the target :func:`~bam_fused.kernels.target.planned_for`
+    names; ``bwd_stages`` overrides the backward's num_stages."""
+    from .gate_bwd import bwd_config, gate_bwd
+    from .gate_fwd import gate_fwd
+    from .target import target_of
+
+    N, C, H, W = shape
+    x = _meta_x(shape, dtype, channels_last)
+    config = None
     if bwd_stages is not None:
+        config = bwd_config(N, C, H * W, channels_last, dtype.itemsize, target_of(x.device).sms)
         config = config._replace(num_stages=bwd_stages)
     jobs = []
     for mode, (combine, has_mc, has_ms) in GATE_MODES.items():
@@ -161,81 +244,184 @@ def _gate_launches(dtype: torch.dtype, channels_last: bool, bwd_stages: int | No
     return jobs + [("sum, g expanded", *launches[0])]
 
 
-def _module_launches(dtype: torch.dtype, channels_last: bool) -> list:
-    """(variant, kernel, args, kwargs) of every launch of one FusedBAM training step (bam1's map,
-    train mode), per variant."""
+# The module's own kernels (the gate's forward and its stage two are the gate's launches).
+MODULE_KERNELS = ("pool_reduce", "channel_mlp", "input_grad", "gate_bwd_kernel")
+
+
+def module_launches(shape: tuple, dtype: torch.dtype, channels_last: bool, variant: str, reduction: int) -> list | str:
+    """(variant, kernel, args, kwargs) of the module's own launches in one FusedBAM training step
+    on x of ``shape`` (train mode; backward with a dense and with an expanded gradient, as the
+    kernels' pre-flight check runs it), planned for the target
+    :func:`~bam_fused.kernels.target.planned_for` names; or why the call takes the per-op path."""
     from bam_fused import FusedBAM
-    from bam_fused.fused_bam import fused_bam
+    from bam_fused.fused_bam import step_on_meta
     from bam_fused.fused_path import plan_fused_call
 
-    jobs = []
-    for variant in ("paper", "official"):
-        module = FusedBAM(C, variant=variant).to(device="meta", dtype=dtype)
-        x = torch.empty((N, C, H, W), device="meta", dtype=dtype, requires_grad=True)
-        if channels_last:
-            x = x.to(memory_format=torch.channels_last)
-        with captured_launches() as launches:
-            fused_bam(x, plan_fused_call(module, x)).backward(torch.empty_like(x))
-        # The gate's own launches are reported above; the module's stage one skips gx.
-        module_kernels = ("pool_reduce", "channel_mlp", "input_grad", "gate_bwd_kernel")
-        jobs += [(variant, *launch) for launch in launches if launch[0].__name__.startswith(module_kernels)]
-    return jobs
+    module = FusedBAM(shape[1], reduction, variant=variant).to(device="meta", dtype=dtype)
+    x = _meta_x(shape, dtype, channels_last)
+    call = plan_fused_call(module, x)
+    if isinstance(call, str):
+        return call
+    with captured_launches() as launches:
+        step_on_meta(x, call)
+    return [(variant, *launch) for launch in launches if launch[0].__name__.startswith(MODULE_KERNELS)]
 
 
 def compile_kernels(
-    arch: int, dtype: str, channels_last: bool, ptx_dir: str | None = None, bwd_stages: int | None = None
+    arch: int,
+    dtype: str,
+    channels_last: bool,
+    ptx_dir: str | None = None,
+    bwd_stages: int | None = None,
+    shape: tuple = BAM1,
 ) -> list[KernelReport]:
     """Compile the gate's kernels in every mode and the fused module's in both variants, as their
-    launchers launch them on bam1's map, for ``arch`` (e.g. 90), and report on each;
-    ``bwd_stages`` overrides the gate backward's num_stages (its walk prefetched through cp.async)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    launchers launch them on x of ``shape`` planned for ``arch`` (e.g. 90), and report on each;
+    ``bwd_stages`` overrides the gate backward's num_stages (its walk prefetched through
+    cp.async)."""
     torch_dtype = DTYPES[dtype]
     layout = "channels_last" if channels_last else "nchw"
-    target = GPUTarget("cuda", arch, 32)
-    jobs = _gate_launches(torch_dtype, channels_last, bwd_stages)
-    if torch_dtype != torch.float64:  # fp64 is for gradcheck of the gate alone
-        jobs += _module_launches(torch_dtype, channels_last)
+    with planned_for(arch_target(arch)):
+        jobs = gate_launches(shape, torch_dtype, channels_last, bwd_stages)
+        for variant in VARIANTS:
+            module_jobs = module_launches(shape, torch_dtype, channels_last, variant, NETWORK_REDUCTION)
+            if isinstance(module_jobs, str):
+                raise ValueError(f"{variant} at {shape} {dtype} takes the per-op path: {module_jobs}")
+            jobs += _first_of_each(module_jobs)
     reports = []
     for mode, fn, args, kwargs in jobs:
         name = fn.__name__
         stores_bulk = kwargs.get("STORE_GX", True)
         if not stores_bulk:
             mode = f"{mode}, no gx"
-        signature, consts, attrs = _specialise(fn, args, kwargs)
-        src = ASTSource(fn, signature, constexprs=consts, attrs=attrs)
-        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-        compiled = triton.compile(src, target=target, options=options)
-        ptx = compiled.asm["ptx"]
+        out = compile_launch(fn, args, kwargs, arch)
+        ptx = out.pop("ptx")
         if ptx_dir:
             os.makedirs(ptx_dir, exist_ok=True)
             label = mode.replace(" ", "").replace("(", "-").replace(")", "")
             with open(os.path.join(ptx_dir, f"{name}-{label}-{dtype}-{layout}-sm_{arch}.ptx"), "w") as f:
                 f.write(ptx)
-        loads_128, loads = _count(ptx, "ld")
-        stores_128, stores = _count(ptx, "st")
-        regs, spills = _ptxas_report(ptx, arch)
-        reports.append(
-            KernelReport(
-                name,
-                mode,
-                dtype,
-                layout,
-                _block_label(kwargs),
-                loads_128,
-                loads,
-                stores_128,
-                stores,
-                regs,
-                spills,
-                compiled.metadata.shared,
-                len(_ASYNC_COPY_128.findall(ptx)),
-                stores_bulk,
-            )
-        )
+        reports.append(KernelReport(name, mode, dtype, layout, _block_label(kwargs), **out, stores_bulk=stores_bulk))
     return reports
+
+
+def _first_of_each(jobs: list) -> list:
+    """One launch per kernel (the backward with an expanded gradient repeats the dense one's
+    kernels, stage one with other strides)."""
+    seen, out = set(), []
+    for job in jobs:
+        if job[1].__name__ not in seen:
+            seen.add(job[1].__name__)
+            out.append(job)
+    return out
+
+
+def _reduction(shape: tuple) -> int:
+    return TEST_REDUCTION if shape in TEST_BAM_SHAPES else NETWORK_REDUCTION
+
+
+# Triton 3.6 lowers these kernels for sm_86 and sm_89 to the PTX it emits for sm_80, but for the
+# .target line (it branches on the arch at 80, 89 for fp8, 90 and 100): where a survey is told to,
+# it compiles them once for sm_80 and has ptxas assemble that PTX for each (the full survey, which
+# compiles every arch, records whether the PTX agrees: ``same_ptx_as_sm80``).
+PTX_OF_SM80 = (86, 89)
+
+
+def survey(
+    archs=tuple(SHARED_BYTES),
+    shapes=SURVEY_SHAPES,
+    dtypes=tuple(DTYPES),
+    layouts=tuple(LAYOUTS),
+    variants=VARIANTS,
+    gate_modes=tuple(GATE_MODES),
+    workers: int = 1,
+    reuse_sm80_ptx: bool = False,
+) -> list[dict]:
+    """Every launch of the gate (in ``gate_modes``, and stage one for an expanded g) and of a
+    FusedBAM training step, for each arch × shape × dtype × layout × variant, planned for its arch
+    as on that GPU and compiled for it, launches Triton specialises alike compiled once (over
+    ``workers`` processes): a record per launch with its block, registers, spill bytes, shared
+    bytes and the arch's ``shared_limit``; a record with ``routed`` (the reason) per configuration
+    the fused path sends the per-op way. ``reuse_sm80_ptx``: sm_86 and sm_89 assemble sm_80's PTX
+    (:data:`PTX_OF_SM80`)."""
+    records, jobs = [], {}  # jobs: specialisation key → (kernel, args, kwargs, arch)
+    for arch in archs:
+        with planned_for(arch_target(arch)):
+            for shape, dtype, layout in itertools.product(shapes, dtypes, layouts):
+                where = {"arch": arch, "shape": list(shape), "dtype": dtype, "layout": layout}
+                channels_last = layout == "channels_last"
+                launches = []
+                if gate_modes:
+                    launches += [j for j in gate_launches(shape, DTYPES[dtype], channels_last) if j[0] in gate_modes]
+                for variant in variants:
+                    got = module_launches(shape, DTYPES[dtype], channels_last, variant, _reduction(shape))
+                    if isinstance(got, str):
+                        records.append(where | {"mode": variant, "routed": got})
+                    else:
+                        launches += got
+                for mode, fn, args, kwargs in launches:
+                    key = specialisation_key(fn, args, kwargs, arch)
+                    jobs.setdefault(key, (fn, args, kwargs, arch))
+                    record = where | {"kernel": fn.__name__, "mode": mode, "block": _block_label(kwargs)}
+                    records.append(record | {"stores_bulk": kwargs.get("STORE_GX", True), "key": key})
+    compiled = _compile_all(jobs, workers, reuse_sm80_ptx)
+    for record in records:
+        if "key" in record:
+            key = record.pop("key")
+            record |= compiled[key] | {"shared_limit": SHARED_BYTES[key[-1]], "threads": 32 * _num_warps(key)}
+    return records
+
+
+def _num_warps(key: tuple) -> int:
+    return dict(key[4])["num_warps"]
+
+
+# The survey's jobs, read by its worker processes (forked: a JITFunction does not pickle).
+_JOBS: list = []
+
+
+def _compile_all(jobs: dict, workers: int, reuse_sm80_ptx: bool) -> dict:
+    """key → resources (no PTX) of each job, sm_86/89 from sm_80's PTX where asked."""
+    own = [key for key in jobs if not (reuse_sm80_ptx and key[-1] in PTX_OF_SM80)]
+    borrowed = [key for key in jobs if key not in set(own)]
+    for key in borrowed:  # sm_80's own compile of the same launch, for its PTX
+        sm80 = key[:-1] + (80,)
+        if sm80 not in jobs:
+            own.append(sm80)
+            jobs[sm80] = jobs[key][:3] + (80,)
+    _JOBS[:] = [jobs[key] for key in own]
+    try:
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                results = pool.map(_compile_job, range(len(_JOBS)), chunksize=1)
+        else:
+            results = list(map(_compile_job, range(len(_JOBS))))
+    finally:
+        _JOBS.clear()
+    out = dict(zip(own, results))
+    ptx_of = {key: r.pop("ptx") for key, r in out.items()}
+    for key in own:
+        if key[-1] in PTX_OF_SM80 and key[:-1] + (80,) in ptx_of:
+            out[key]["same_ptx_as_sm80"] = _body(ptx_of[key]) == _body(ptx_of[key[:-1] + (80,)])
+    for key in borrowed:
+        sm80 = out[key[:-1] + (80,)]
+        registers, spill_bytes = _ptxas(ptx_of[key[:-1] + (80,)], key[-1])
+        out[key] = sm80 | {"registers": registers, "spill_bytes": spill_bytes, "ptx_from": 80}
+    return {key: out[key] for key in jobs}
+
+
+def _body(ptx: str) -> str:
+    """PTX without the lines that name its arch and ISA version."""
+    return re.sub(r"^\.(target|version) .*$", "", ptx, flags=re.MULTILINE)
+
+
+def _compile_job(i: int) -> dict:
+    fn, args, kwargs, arch = _JOBS[i]
+    return compile_launch(fn, args, kwargs, arch)
+
+
+def _shape(text: str) -> tuple:
+    return tuple(int(v) for v in text.split("x"))
 
 
 def main(argv=None) -> int:
@@ -246,9 +432,42 @@ def main(argv=None) -> int:
     parser.add_argument("--ptx", metavar="DIR", help="write each kernel's PTX here")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     parser.add_argument("--bwd-stages", type=int, help="the backward's num_stages (default: the heuristic's)")
+    parser.add_argument("--survey", metavar="OUT", help="compile the survey and write its records here (JSON)")
+    parser.add_argument("--archs", default=",".join(map(str, SHARED_BYTES)), help="the survey's archs")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="the survey's dtypes")
+    parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SURVEY_SHAPES))
+    parser.add_argument("--modes", default=",".join(GATE_MODES), help="the gate's modes ('' for none)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="the module's variants ('' for none)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="compiling processes")
+    parser.add_argument("--reuse-sm80-ptx", action="store_true", help="sm_86/89 assemble sm_80's PTX")
     args = parser.parse_args(argv)
     if interpreter_requested():
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
+    if args.survey:
+        started = time.time()
+        records = survey(
+            archs=[int(a.removeprefix("sm_")) for a in args.archs.split(",")],
+            shapes=[_shape(s) for s in args.shapes.split(",")],
+            dtypes=args.dtypes.split(","),
+            variants=[v for v in args.variants.split(",") if v],
+            gate_modes=[m for m in args.modes.split(",") if m],
+            workers=args.workers,
+            reuse_sm80_ptx=args.reuse_sm80_ptx,
+        )
+        import triton
+
+        with open(args.survey, "w") as f:
+            json.dump(
+                {
+                    "command": "python -m bam_fused.kernels.ptx_report " + " ".join(argv or sys.argv[1:]),
+                    "triton": triton.__version__,
+                    "seconds": round(time.time() - started),
+                    "records": records,
+                },
+                f,
+                indent=0,
+            )
+        return 0
     arch = int(args.arch.removeprefix("sm_"))
     reports = compile_kernels(arch, args.dtype, args.channels_last, args.ptx, args.bwd_stages)
     if args.json:
