@@ -83,7 +83,7 @@ def gate_fwd_bwd(gate, x, mc, ms):
 def main_cuda() -> int:
     print(f"bam_fused {bam_fused.__version__} on {torch.cuda.get_device_name()} — torch {torch.__version__}")
     report(torch.device("cuda"), RESNET50_BAM_SHAPES, time_cuda)
-    print("\n(ms and GB/s pairs per provider; full benchmarks: pytest benchmarks/, see README)")
+    print("\n(ms and GB/s pairs per provider; full benchmarks: pytest benchmarks/, see docs/performance.md)")
     return 0
 
 

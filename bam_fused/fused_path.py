@@ -35,6 +35,16 @@ BatchNorm's mode (``training``, ``momentum``, ``eps``, ``track_running_stats``).
 BAM would raise for the call (one value per channel in training, a non-positive ``eps``) comes
 back as :attr:`FusedCall.error`, found before anything has changed: FusedBAM raises it with no
 buffer, counter or statistic touched.
+
+**Under torch.compile** nothing is cached here: :func:`traced_fused_call` makes the same checks
+while dynamo traces FusedBAM's forward, and the compiled code guards on everything they read.
+Checks the trace could not follow are written so that it can, and so that it guards them: hook
+dicts are read through ``vars()`` and counted, an instance's own ``forward`` is compared as a
+bound method, the global hooks are counted. The checks that no layer or tensor sits in two
+places compare identities, which the compiled code guards by identity: each FusedBAM instance
+compiled by itself gets a graph of its own, and counts against dynamo's recompile limit (8 by
+default; past it, fullgraph=True raises, otherwise the instance runs eagerly). In a compiled
+network each FusedBAM is traced once anyway.
 """
 
 import functools
@@ -48,7 +58,7 @@ from torch import nn
 
 from .branches import ChannelGate, SpatialGate
 from .common import FLOAT_DTYPES, compute_dtype
-from .fused_bam import step_on_meta
+from .fused_bam import BatchNormMode, FusedCall, LayerSpec, Parts, op_args, op_call, run_order, step_on_meta
 from .ops import triton_can_run
 from .preflight import kernels_unavailable
 
@@ -61,8 +71,10 @@ _GLOBAL_HOOKS = (
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 # Plain tensors only: the kernels read memory, not a subclass's (FakeTensor, DTensor, …) view of it.
 _PLAIN = (torch.Tensor, nn.Parameter)
-_WEIGHT_BIAS = operator.itemgetter("weight", "bias")
-_BN_BUFFERS = operator.itemgetter("running_mean", "running_var", "num_batches_tracked")
+_WEIGHT_BIAS_KEYS = ("weight", "bias")
+_BN_BUFFER_KEYS = ("running_mean", "running_var", "num_batches_tracked")
+_WEIGHT_BIAS = operator.itemgetter(*_WEIGHT_BIAS_KEYS)
+_BN_BUFFERS = operator.itemgetter(*_BN_BUFFER_KEYS)
 _CONV_OPTIONS = operator.attrgetter("padding", "dilation", "stride", "groups", "padding_mode")
 _FLATTEN_OPTIONS = operator.attrgetter("start_dim", "end_dim")
 
@@ -103,38 +115,13 @@ class Structure(NamedTuple):
     bns: tuple[nn.modules.batchnorm._BatchNorm, ...]  # the BatchNorms in the order they run
     dtype: torch.dtype  # of every parameter and floating buffer
     device: torch.device
-    kernel_key: tuple  # what the kernels' specialisations depend on (channels, widths, the layers present)
+    spec: LayerSpec | None  # the same, without the modules: what the kernels and aten calls are planned from
+    kernel_key: tuple | None  # what the kernels' specialisations depend on (channels, widths, the layers present)
 
     @property
     def hidden(self) -> int:
         """h of the spatial branch (0 without it): the reduce convolution's output channels."""
         return self.reduce.out_channels if self.reduce is not None else 0
-
-
-class BatchNormCall(NamedTuple):
-    """How one BatchNorm runs in this call: ``nn.BatchNorm.forward``'s decisions, replicated."""
-
-    module: nn.modules.batchnorm._BatchNorm
-    batch_stats: bool  # normalise with the batch's statistics (training, or no running ones)
-    update: bool  # update the running statistics
-    momentum: float  # their factor this call (0.0 when they are not updated)
-    eps: float
-    running_mean: torch.Tensor | None  # the buffers (None where the call passes none)
-    running_var: torch.Tensor | None
-
-
-class FusedCall(NamedTuple):
-    """Everything one call of the fused path needs besides x."""
-
-    structure: Structure
-    params: tuple  # (weight, bias) of each of structure.layers, as the module holds them now
-    bns: dict  # BatchNorm module → its BatchNormCall
-    counted: list  # the num_batches_tracked buffers this call increments
-    combine: str
-    branch_dtype: torch.dtype  # autocast's dtype for the branches, or x's
-    autocast: bool  # the branches run under autocast (their intermediates rounded to branch_dtype)
-    error: Exception | None  # what eager BAM raises for this call, found before any effect
-    bn_modes: tuple  # (batch_stats, update) of each BatchNorm: the kernels specialise on them
 
 
 class _Check:
@@ -148,24 +135,32 @@ class _Check:
     )  # fmt: skip
 
     def __init__(self, module: nn.Module):
-        tree = _tree(module)
+        tree = self._check(module)
         self.registrations = _registrations
         # Deletions show in the containers' _modules and anyone's __dict__ (an instance's own
         # forward, too); additions anywhere bump the registration counter.
         self.dicts = tuple(m._modules for m in tree if m._modules) + tuple(m.__dict__ for m in tree)
         self.sizes = tuple(map(len, self.dicts))
-        self.hook_dicts = tuple(getattr(m, name) for m in tree[1:] for name in _HOOKS)
-        self.hooked = any(self.hook_dicts)
-        self.param_dicts = self.buffer_dicts = self.convs = self.flattens = ()
-        self.floating = self.kernel_read = ()
         self.bn_state = self.bn_plan = None
-        self.result = _structure(module, tree, self)
         tensors = self.read_tensors()
         self.data_ptrs = self.conv_options = self.flatten_options = None
         if tensors is not None:
             self.data_ptrs = _data_ptrs(tensors[0] + tensors[1], self.floating)
         self.conv_options = tuple(map(_CONV_OPTIONS, self.convs))
         self.flatten_options = tuple(map(_FLATTEN_OPTIONS, self.flattens))
+
+    def _check(self, module: nn.Module) -> list:
+        """Check ``module``'s structure into ``result``, noting what the answer depends on; returns
+        the module's tree."""
+        tree = _tree(module)
+        # Read through vars(): torch.compile guards on the hook dicts a trace reads this way (not
+        # on those read as a module's attributes), so a hook added later recompiles.
+        self.hook_dicts = tuple(vars(m)[name] for m in tree[1:] for name in _HOOKS)
+        self.hooked = any(map(len, self.hook_dicts))
+        self.param_dicts = self.buffer_dicts = self.convs = self.flattens = ()
+        self.floating = self.kernel_read = ()
+        self.result = _structure(module, tree, self)
+        return tree
 
     def read_tensors(self) -> "tuple[tuple, tuple] | None":
         """(the parameters in Structure.layers' order, each BatchNorm's (running_mean, running_var,
@@ -176,6 +171,10 @@ class _Check:
         except KeyError:
             return None
         return params, buffers
+
+    def batch_norm_plan(self, buffers: tuple, N: int, H: int, W: int) -> "tuple | str":
+        """:func:`_batch_norm_plan` of the structure's BatchNorms, reused while it holds."""
+        return _batch_norm_plan(self, self.result.bns, buffers, N, H, W)
 
     def current_tensors(self) -> "tuple[tuple, tuple] | None":
         """:meth:`read_tensors` when this check still holds for the module, else None."""
@@ -195,6 +194,28 @@ class _Check:
         ):
             return None
         return tensors
+
+
+class _TracedCheck(_Check):
+    """The structure check as torch.compile traces it: done afresh at each trace, nothing cached,
+    since the compiled code's guards are on everything the trace read."""
+
+    __slots__ = ()
+
+    def __init__(self, module: nn.Module):
+        self._check(module)
+
+    def read_tensors(self) -> "tuple[tuple, tuple] | None":
+        # The same as _Check's, in calls the trace can follow (not itemgetter's).
+        try:
+            params = tuple(d[k] for d in self.param_dicts for k in _WEIGHT_BIAS_KEYS)
+            buffers = tuple(d[k] for d in self.buffer_dicts for k in _BN_BUFFER_KEYS)
+        except KeyError:
+            return None
+        return params, buffers
+
+    def batch_norm_plan(self, buffers: tuple, N: int, H: int, W: int) -> "tuple | str":
+        return _batch_norm_calls(self.result.bns, buffers, N, H, W)
 
 
 def _data_ptrs(tensors: tuple, floating: tuple) -> "tuple | None":
@@ -222,11 +243,11 @@ def check_fused_path(module, x: torch.Tensor) -> "FusedCall | str":
     configuration compiles and loads its kernels for x's device (:mod:`bam_fused.preflight`): one
     that cannot run there sends the configuration the per-op way, with a warning, or raises under
     ``backend="triton"``."""
-    call = _call_blocker(module, x) or plan_fused_call(module, x)
-    if isinstance(call, str) or call.error is not None:
-        return call
-    s = call.structure
-    key = (x.device, x.shape, x.stride(), x.dtype, call.branch_dtype, call.combine, s.kernel_key, call.bn_modes)
+    planned = _call_blocker(module, x) or _plan(module, x)
+    if isinstance(planned, str) or planned[0].error is not None:
+        return planned if isinstance(planned, str) else planned[0]
+    call, kernel_key, kernel_modes = planned
+    key = (x.device, x.shape, x.stride(), x.dtype, call.branch_dtype, call.combine, kernel_key, kernel_modes)
     fallback = None if module.gate_backend == "triton" else "FusedBAM runs the per-op path"
     return kernels_unavailable(key, lambda: step_on_meta(x, call), x, fallback) or call
 
@@ -235,11 +256,22 @@ def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     """:func:`check_fused_path` without the checks of where and how the call runs (the kernels'
     device, tracers, transforms, global hooks): what the kernels would be launched with, also on
     meta tensors (``python -m bam_fused.kernels.ptx_report`` compiles them so)."""
-    check = _checks.get(module)
-    tensors = check.current_tensors() if check is not None else None
-    if tensors is None:
-        check = _checks[module] = _Check(module)
-        tensors = check.current_tensors()
+    planned = _plan(module, x)
+    return planned if isinstance(planned, str) else planned[0]
+
+
+def _plan(module, x: torch.Tensor, check: "_Check | None" = None) -> "tuple[FusedCall, tuple, tuple] | str":
+    """(:func:`plan_fused_call`, what else the kernels specialise on: the layers' widths and
+    presence, each BatchNorm's (batch_stats, update)). ``check``: the traced check (None: the
+    module's cached one, redone where it no longer holds)."""
+    if check is None:
+        check = _checks.get(module)
+        tensors = check.current_tensors() if check is not None else None
+        if tensors is None:
+            check = _checks[module] = _Check(module)
+            tensors = check.current_tensors()
+    else:
+        tensors = check.read_tensors()
     s = check.result
     if isinstance(s, str):
         return s
@@ -258,11 +290,11 @@ def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     if too_big is not None:
         return too_big
     params, buffers = tensors
-    plan = _batch_norm_plan(check, s.bns, buffers, N, H, W)
+    plan = check.batch_norm_plan(buffers, N, H, W)
     if isinstance(plan, str):
         return plan
-    bns, counted, error, modes = plan
-    return FusedCall(s, params, bns, counted, module.combine, *dtypes, error, modes)
+    modes, running, counts, error, kernel_modes = plan
+    return FusedCall(s.spec, modes, module.combine, *dtypes, params, running, counts, error), s.kernel_key, kernel_modes
 
 
 @functools.lru_cache(maxsize=256)
@@ -284,8 +316,47 @@ def _kernels_blocker(
     return next((r for r in reasons if r is not None), None)
 
 
-def _call_blocker(module, x: torch.Tensor) -> str | None:
-    """Reasons that do not depend on the module's structure."""
+def traced_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
+    """:func:`check_fused_path` as ``torch.compile`` traces it (FusedBAM.forward while compiling):
+    the same checks of the structure and of the call, made afresh at each trace. The compiled code
+    guards on everything they read (the layers' types and options, hook dicts, the tensors' dtypes,
+    shapes and strides, each BatchNorm's mode, autocast), so a module changed after compiling is
+    checked again, and runs whichever path the check then picks. x's sizes become static (the
+    launch plans take integers: a new batch or map size recompiles), so whether the kernels load
+    on the device is found as :func:`check_fused_path` finds it, while tracing."""
+    from torch._dynamo.comptime import comptime
+
+    for size in x.shape:
+        comptime.force_static(size)
+    planned = _call_blocker(module, x, traced=True) or _plan(module, x, _TracedCheck(module))
+    if isinstance(planned, str) or planned[0].error is not None:
+        return planned if isinstance(planned, str) else planned[0]
+    call, kernel_key, kernel_modes = planned
+    tensors = [
+        [(tuple(t.shape), t.stride(), t.dtype) for t in ts] for ts in ((x,), call.params, call.running, call.counts)
+    ]
+    args = (kernel_key, kernel_modes, module.gate_backend, op_args(call))
+    return _kernels_unavailable_traced(x.device, tensors, *args) or call
+
+
+@torch._dynamo.assume_constant_result
+def _kernels_unavailable_traced(device, tensors, kernel_key, kernel_modes, backend, args) -> str | None:
+    """:func:`check_fused_path`'s pre-flight (:mod:`bam_fused.preflight`) for a traced call, from
+    plain values (x's and the call's tensors as (shape, strides, dtype); the call's values as its
+    ops take them): torch.compile runs it while tracing and keeps the answer, which depends only on
+    what the compiled code guards."""
+    (x,), params, running, counts = (
+        [torch.empty_strided(shape, strides, dtype=dtype, device="meta") for shape, strides, dtype in ts]
+        for ts in tensors
+    )
+    call = op_call(*args, params, running, counts)
+    key = (device, x.shape, x.stride(), x.dtype, call.branch_dtype, call.combine, kernel_key, kernel_modes)
+    fallback = None if backend == "triton" else "FusedBAM runs the per-op path"
+    return kernels_unavailable(key, lambda: step_on_meta(x, call), x, fallback, device)
+
+
+def _call_blocker(module, x: torch.Tensor, traced: bool = False) -> str | None:
+    """Reasons that do not depend on the module's structure (``traced``: as torch.compile traces them)."""
     if module.gate_backend == "reference":
         return "backend='reference'"
     if not triton_can_run(x):
@@ -296,12 +367,18 @@ def _call_blocker(module, x: torch.Tensor) -> str | None:
         return f"x is a {type(x).__name__}, which the kernels cannot read"
     if x.dtype not in FLOAT_DTYPES:
         return f"x is {x.dtype}"
-    if torch.autograd.forward_ad._current_level >= 0 or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if torch.autograd.forward_ad._current_level >= 0 or (
+        torch._C._are_functorch_transforms_active() if traced else torch._C._functorch.is_functorch_wrapped_tensor(x)
+    ):
         return "forward-mode AD and torch.func transforms need the per-op path"
     N, _, H, W = x.shape
     if N == 0 or H * W == 0:
         return "an empty batch or map"
-    if any(getattr(nn.modules.module, name) for name in _GLOBAL_HOOKS):
+    if traced:  # counted: torch.compile guards the count, not the truth value
+        hooked = any(len(getattr(nn.modules.module, name)) for name in _GLOBAL_HOOKS)
+    else:
+        hooked = any(getattr(nn.modules.module, name) for name in _GLOBAL_HOOKS)
+    if hooked:
         return "global module hooks are registered"
     return None
 
@@ -326,25 +403,24 @@ _BN_STATE = operator.attrgetter("training", "track_running_stats", "eps", "momen
 
 
 def _batch_norm_plan(check: _Check, bns, buffers, N: int, H: int, W: int) -> "tuple | str":
-    """(BatchNorm → its BatchNormCall, the num_batches_tracked buffers this call counts, the error
-    eager BAM raises or None, each one's (batch_stats, update)) for the BatchNorms ``bns`` in the
-    order they run, with ``buffers`` their (running_mean, running_var, num_batches_tracked)
-    flattened; or why the per-op path runs.
-    Reused from ``check`` while every mode stays, N > 1 (only one sample can meet the one-value
-    error) and no cumulative average reads its count on the host."""
+    """(each BatchNorm's BatchNormMode, the running statistics and the num_batches_tracked buffers
+    the call hands over (:class:`FusedCall`'s), the error eager BAM raises or None, each one's
+    (batch_stats, update)) for the BatchNorms ``bns`` in the order they run, with ``buffers``
+    their (running_mean, running_var, num_batches_tracked) flattened; or why the per-op path runs.
+    Reused from ``check`` while every mode stays and N > 1 (only one sample can meet the
+    one-value error)."""
     state = tuple(map(_BN_STATE, bns))
     if N > 1 and state == check.bn_state:
         return check.bn_plan
     plan = _batch_norm_calls(bns, buffers, N, H, W)
-    cached = not isinstance(plan, str) and not any(bn.momentum is None and call.update for bn, call in plan[0].items())
-    check.bn_state, check.bn_plan = (state, plan) if N > 1 and cached else (None, None)
+    check.bn_state, check.bn_plan = (state, plan) if N > 1 and not isinstance(plan, str) else (None, None)
     return plan
 
 
 def _batch_norm_calls(bns, buffers, N: int, H: int, W: int) -> "tuple | str":
     """:func:`_batch_norm_plan`, computed: each BatchNorm's mode as ``nn.BatchNorm.forward`` decides
     it, or the error the first of them to fail raises in eager BAM, with eager's message."""
-    out, counted = {}, []
+    modes, running, counts = [], [], []
     trios = zip(buffers[0::3], buffers[1::3], buffers[2::3])
     for bn, (rm, rv, nbt) in zip(bns, trios):
         if (rm is None) != (rv is None):
@@ -352,31 +428,25 @@ def _batch_norm_calls(bns, buffers, N: int, H: int, W: int) -> "tuple | str":
         training, tracked, eps = bn.training, bn.track_running_stats, bn.eps
         batch_stats = training or rm is None
         size = torch.Size((N, bn.num_features, H, W) if isinstance(bn, nn.BatchNorm2d) else (N, bn.num_features))
+        error = None
         if batch_stats and size.numel() // bn.num_features == 1:
-            return (
-                {},
-                [],
-                ValueError(f"Expected more than 1 value per channel when training, got input size {size}"),
-                (),
-            )
-        if batch_stats and eps <= 0.0:
-            return {}, [], ValueError(f"batch_norm eps must be positive during training, but got {eps}"), ()
-        if eps < 0.0:
-            return {}, [], ValueError(f"batch_norm eps must be non-negative, but got {eps}"), ()
+            error = ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+        elif batch_stats and eps <= 0.0:
+            error = ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+        elif eps < 0.0:
+            error = ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+        if error is not None:
+            return (), (), (), error, ()
         update = training and tracked and rm is not None
-        momentum = 0.0
-        if update:
-            if bn.momentum is not None:
-                momentum = bn.momentum
-            elif nbt is not None:  # the cumulative average: 1 / (batches counted, this one included)
-                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-                    return "momentum=None reads num_batches_tracked on the host, which a CUDA graph capture forbids"
-                momentum = 1.0 / (float(nbt) + 1.0)
-        if training and tracked and nbt is not None:
-            counted.append(nbt)
-        passed = not training or tracked  # nn.BatchNorm hands F.batch_norm its buffers only then
-        out[bn] = BatchNormCall(bn, batch_stats, update, momentum, eps, *((rm, rv) if passed else (None, None)))
-    return out, counted, None, tuple((c.batch_stats, c.update) for c in out.values())
+        # momentum=None with a counter: the cumulative average, 1 / (batches counted, this one included)
+        cumulative = update and bn.momentum is None and nbt is not None
+        momentum = bn.momentum if update and bn.momentum is not None else 0.0
+        counted = training and tracked and nbt is not None
+        passed = (not training or tracked) and rm is not None  # nn.BatchNorm hands F.batch_norm its buffers only then
+        modes.append(BatchNormMode(batch_stats, update, cumulative, momentum, eps, passed, counted))
+        running += (rm, rv) if passed else ()
+        counts += (nbt,) if counted else ()
+    return tuple(modes), tuple(running), tuple(counts), None, tuple((m.batch_stats, m.update) for m in modes)
 
 
 def _tree(module: nn.Module) -> list[nn.Module]:
@@ -401,7 +471,8 @@ def _structure(module, tree: list, check: _Check) -> "Structure | str":
     if type(module).attention_maps is not BAM.attention_maps:
         return f"{type(module).__name__} overrides attention_maps, which the fused path would not run"
     for m in tree:
-        if "forward" in m.__dict__:
+        # Compared as a bound method (not looked up in __dict__): torch.compile guards on it.
+        if m.forward != type(m).forward.__get__(m):
             return f"a {type(m).__name__} in the module has its own forward attribute"
     channel = _channel_layers(module.channel_att) if module.channel_att is not None else ()
     spatial = _spatial_layers(module.spatial_att) if module.spatial_att is not None else ()
@@ -412,25 +483,13 @@ def _structure(module, tree: list, check: _Check) -> "Structure | str":
         return "the module has neither branch"
     fc0, bn1, fc_final, bn_c, check.flattens = channel or (None, None, None, None, ())
     reduce, bn_r, dilated, conv_final, bn_s = spatial or (None, None, (), None, None)
-    layers = tuple(
-        m
-        for m in (fc0, bn1, fc_final, bn_c, reduce, bn_r, *(m for d in dilated for m in d[:2]), conv_final, bn_s)
-        if m is not None
-    )
+    layers = run_order(Parts(fc0, bn1, fc_final, bn_c, reduce, bn_r, dilated, conv_final, bn_s))
     bns = tuple(m for m in layers if isinstance(m, nn.modules.batchnorm._BatchNorm))
     check.convs = tuple(m for m in layers if isinstance(m, nn.Conv2d))
     check.param_dicts = tuple(m._parameters for m in layers)
     check.buffer_dicts = tuple(m._buffers for m in bns)
-    kernel_key = (
-        module.gate_channel,
-        fc0.out_features if fc0 is not None else 0,
-        reduce.out_channels if reduce is not None else 0,
-        bn_c is not None,
-        len(dilated),
-        bn_s is not None,
-    )
     s = Structure(
-        fc0, bn1, fc_final, bn_c, reduce, bn_r, dilated, conv_final, bn_s, layers, bns, None, None, kernel_key
+        fc0, bn1, fc_final, bn_c, reduce, bn_r, dilated, conv_final, bn_s, layers, bns, None, None, None, None
     )
     tensors = check.read_tensors()
     if tensors is None:
@@ -441,7 +500,18 @@ def _structure(module, tree: list, check: _Check) -> "Structure | str":
     check.kernel_read = tuple(k and t is not None for k, t in zip(in_kernels, params + buffers))
     check.floating = tuple(t is not None and t.is_floating_point() for t in params + buffers)
     got = _tensor_reason(s, module.gate_channel, params, buffers, check.kernel_read)
-    return got if isinstance(got, str) else s._replace(dtype=got[0], device=got[1])
+    if isinstance(got, str):
+        return got
+    spec = LayerSpec(
+        module.gate_channel,
+        fc0.out_features if fc0 is not None else 0,
+        bn_c is not None,
+        s.hidden,
+        tuple((d.padding, d.conv.dilation) for d in dilated),
+        bn_s is not None,
+    )
+    kernel_key = (spec.channels, spec.mlp_hidden, spec.hidden, spec.channel_bn, len(spec.dilated), spec.spatial_bn)
+    return s._replace(dtype=got[0], device=got[1], spec=spec, kernel_key=kernel_key)
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -477,7 +547,8 @@ def _channel_layers(att) -> "tuple | str":
     flattens = ()
     if items and type(items[0][1]) is nn.Flatten:
         flattens = (items[0][1],)
-        if _FLATTEN_OPTIONS(items[0][1]) not in ((1, -1), (1, 1)):
+        flatten = items[0][1]
+        if (flatten.start_dim, flatten.end_dim) not in ((1, -1), (1, 1)):
             return f"{path}.{items[0][0]} flattens other dimensions than the channels"
     pos = len(flattens)
     got = []

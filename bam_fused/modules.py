@@ -12,8 +12,8 @@ from torch import nn
 
 from .branches import ChannelGate, SpatialGate
 from .common import BACKENDS, BRANCHES, COMBINES, VARIANT_COMBINE, VARIANTS
-from .fused_bam import fused_bam
-from .fused_path import check_fused_path
+from .fused_bam import fused_bam, fused_bam_op
+from .fused_path import check_fused_path, traced_fused_call
 from .ops import bam_gate
 from .pytorchcv_layout import pytorchcv_bam_parts
 
@@ -132,12 +132,17 @@ class FusedBAM(BAM):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        # Under torch.compile the per-op path is traced (the check below would be too).
         if not torch.compiler.is_compiling():
             call = check_fused_path(self, x)
             if not isinstance(call, str):
                 return fused_bam(x, call)
-        return super().forward(x)
+            return super().forward(x)
+        # torch.compile traces the check (guarding on what it reads) and records the custom op; a
+        # call eager BAM raises for runs the per-op path, which raises it.
+        call = traced_fused_call(self, x)
+        if isinstance(call, str) or call.error is not None:
+            return super().forward(x)
+        return fused_bam_op(x, call)
 
 
 def _released_config(module: nn.Module) -> dict | None:

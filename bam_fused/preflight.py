@@ -24,14 +24,18 @@ _answers: dict = {}
 _warned: set = set()
 
 
-def kernels_unavailable(key: tuple, step, x: torch.Tensor, fallback: str | None) -> str | None:
+def kernels_unavailable(
+    key: tuple, step, x: torch.Tensor, fallback: str | None, device: torch.device | None = None
+) -> str | None:
     """None when every kernel that ``step()`` launches (it runs on meta tensors, so nothing is
-    computed) compiles and loads on x's device; else which kernel cannot, for what x, and why.
-    Found once per ``key`` (a hashable description of everything the launches depend on).
+    computed) compiles and loads on x's device (``device`` where x is a meta tensor); else which
+    kernel cannot, for what x, and why. Found once per ``key`` (a hashable description of
+    everything the launches depend on).
 
     ``fallback``: what the caller does instead (said in a warning, once per reason); None: raise a
     RuntimeError instead of returning a reason.
     """
+    device = x.device if device is None else device
     if key in _answers:
         answer = _answers[key]
     else:
@@ -39,17 +43,17 @@ def kernels_unavailable(key: tuple, step, x: torch.Tensor, fallback: str | None)
         from .kernels.target import planned_for, target_of
 
         # Planned for x's device, as the real launches will be, though captured on meta tensors.
-        with captured_launches() as launches, planned_for(target_of(x.device)), _apart():
+        with captured_launches() as launches, planned_for(target_of(device)), _apart():
             step()
         answer = None
         for kernel, args, kwargs in launches:
             try:
-                load_launch(kernel, args, kwargs, x.device)
+                load_launch(kernel, args, kwargs, device)
             except CompiledForGPU:  # the kernels' set-up, not the GPU: no fallback hides it
                 raise
             except Exception as e:  # noqa: BLE001 (compiling and loading raise several classes)
                 name = getattr(kernel, "__name__", type(kernel).__name__)
-                answer = f"{name} cannot run on {x.device} for x {tuple(x.shape)} {x.dtype} ({type(e).__name__}: {e})"
+                answer = f"{name} cannot run on {device} for x {tuple(x.shape)} {x.dtype} ({type(e).__name__}: {e})"
                 break
         _answers[key] = answer
         if answer is not None and fallback is not None and answer not in _warned:

@@ -14,8 +14,8 @@ from .timing import Sampling
 
 GATE_OPS = ("gate_fwd", "gate_bwd", "gate_fwdbwd")
 GATE_PROVIDERS = ("released", "eager_paper", "fused", "compiled")
-MODULE_PROVIDERS = ("released", "eager", "fused", "compiled")
-RESNET_PROVIDERS = ("none", "released", "eager", "fused", "compiled")
+MODULE_PROVIDERS = ("released", "eager", "fused", "compiled", "fused_compiled", "fused_reduce_overhead")
+RESNET_PROVIDERS = ("none", "released", "eager", "fused", "compiled", "fused_compiled", "fused_reduce_overhead")
 # Speedups are stated against these providers, where a case has them (see results.derive).
 BASELINES = ("released", "eager", "compiled")
 

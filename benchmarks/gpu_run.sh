@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU call: the whole module's correctness first, then its timings, the gate's, host time.
+# The GPU call: the whole module's correctness first (CUDA graphs of it included), then its timings
+# (eager, compiled, reduce-overhead) and host time; the gate's timings when named.
 #
 #   bash benchmarks/gpu_run.sh OUTDIR            # on a bare CUDA machine (timeout_s 480 leaves room)
 #   bash benchmarks/gpu_run.sh --dry-run OUTDIR  # the plan: stages, budgets and their basis, files; runs nothing
 #   GPU_RUN_STAGES=sanitizer,bench_gate ...      # a subset, run in the table's order ("all": the default set;
-#                                                # gpu_probes runs only when named)
+#                                                # bench_gate and gpu_probes run only when named)
 #   GPU_RUN_TESTS="tests/a.py::t[x] ..."         # the test stages run only these node ids where they hold any
 #   BENCH_PYTEST_ARGS="--quick -k gate_fwd-bf16" # added to the bench stages' pytest (a -k replaces their own)
 #   GPU_RUN_LIMIT=180                            # seconds: a stage that could end past it is not started
@@ -69,10 +70,11 @@ STAGES=(
     "module_tests|50|check|tests.log|pytest -m gpu tests/test_fused_module.py (xdist -n 8): FusedBAM vs eager, fp64/fp32/bf16/fp16/autocast, gradcheck, BN options, fallbacks|51 tests, 142 kernel variants (CPU count): 53 gate x 0.2 s + 89 module x 0.6 s = 64 s of compiles, ~16 s over 8 workers with repeats; ~10 s worker start; tests ~5 s"
     "sanitizer|45|check|sanitizer.log|sanitizer_driver.py plain (compiles, checks vs float64: FusedBAM step per variant first, then the gate), then compute-sanitizer memcheck and racecheck side by side from Triton's cache|plain (guard: budget - 19 s): 73 variants (CPU count) = 64 gate x 0.2 s + 9 module x 0.6 s = 18 s + ~5 s start; sanitized, side by side: 6-9 s of driver + ~6 s start in runs 1-2 (29 cases; now 31) + 2 fp64 module steps"
     "gpu_equiv|20|check|tests.log|pytest -m gpu tests/gpu/test_gpu_equivalence.py (xdist -n 4): gate kernels vs float64, all modes/dtypes/layouts/odd maps|38 tests, 99 variants (CPU count); 34 of them took 16-18 s of pytest in runs 1-2, ~5 s over 4 workers + ~8 s start"
-    "bench_resnet|85|time|bench.log|ResNet-50 step, 5 providers (none, released, eager, fused, compiled): 50 interleaved steps each, 20 graph replays, profiler -> bench.json|estimate: cold torch.compile of 3 BAMs fwd+bwd ~3 x 15 s (not timed alone: run 1's whole bench, these included, took 102 s); 5 x 73 steps x 16-29 ms (runs 2-3) = 9 s; 5 models, graph captures, ~8 s start"
-    "bench_module|40|time|bench.log|BAM module fwd+bwd at the ResNet-50 shapes (bf16 autocast, channels_last), released/eager/fused/compiled, wall + graph + profiler -> bench.json|estimate: compiled BAMs from bench_resnet's inductor cache ~3 x 3 s; fused: ~14 module variants x 0.6 s; 3 cases x 4 providers x ~0.5 s of timing; ~8 s start"
-    "bench_gate|50|time|bench.log|gate fwd/bwd/fwd+bwd, bf16, ResNet-50 shapes, both layouts, released/eager_paper/fused/compiled, wall + graph -> bench.json|estimate: 18 cases; torch.compile of 3 ops x 2 layouts, static then dynamic shapes, ~12 x 2 s; fused ~20 variants x 0.2 s; ~1 s of timing a case; ~6 s start"
-    "host_time|20|time|bench.log|python -m benchmarks.host_time --budget-s <budget - 6>: host us per call of the module and the gate paths, real and no-op kernels -> host-time.json|calls sized to --budget-s 14 (of 20), compiles inside it (~20 variants: gate and module kernels, 2 layouts); ~5 s start"
+    "cuda_graphs|40|check|tests.log|pytest -m gpu tests/gpu/test_gpu_cuda_graphs.py (no xdist): make_graphed_callables on FusedBAM, a captured ResNet-18+BAM training step, reduce-overhead FusedBAM; 3 replayed steps each vs eager in fp64|estimate, never run: fp64 module kernels at 4 shapes, ~32 variants x 0.6 s = 19 s; torch.compile of one FusedBAM ~5 s; ResNet-18 warm-up and capture ~3 s; ~8 s start"
+    "bench_resnet|97|time|bench.log|ResNet-50 step, 7 providers (none, released, eager, fused, compiled, fused_compiled, fused_reduce_overhead): 50 interleaved steps each, 20 graph replays (not reduce-overhead's), profiler -> bench.json|estimate: cold torch.compile of 3 BAMs fwd+bwd ~3 x 15 s (not timed alone: run 1's whole bench, these included, took 102 s); 5 x 73 steps x 16-29 ms (runs 2-3) = 9 s; 5 models, graph captures, ~8 s start (85 s); FusedBAM compiled twice (its ops only, never timed) ~6 x 2 s"
+    "bench_module|50|time|bench.log|BAM module fwd+bwd at the ResNet-50 shapes (bf16 autocast, channels_last), released/eager/fused/compiled/fused_compiled/fused_reduce_overhead, wall + graph + profiler -> bench.json|estimate: compiled BAMs from bench_resnet's inductor cache ~3 x 3 s; fused: ~14 module variants x 0.6 s; 3 cases x 4 providers x ~0.5 s of timing; ~8 s start (40 s); FusedBAM compiled twice a shape from the cache ~6 x 1.5 s"
+    "host_time|16|time|bench.log|python -m benchmarks.host_time --budget-s <budget - 6>: host us per call of the module and the gate paths, real and no-op kernels -> host-time.json|calls sized to --budget-s 10 (of 16), compiles inside it (~20 variants: gate and module kernels, 2 layouts); ~5 s start"
+    "bench_gate|50|optional|bench.log|gate fwd/bwd/fwd+bwd, bf16, ResNet-50 shapes, both layouts, released/eager_paper/fused/compiled, wall + graph -> bench.json|estimate: 18 cases; torch.compile of 3 ops x 2 layouts, static then dynamic shapes, ~12 x 2 s; fused ~20 variants x 0.2 s; ~1 s of timing a case; ~6 s start. Optional since the module's stages joined: the gate alone was timed in runs 1-3"
     "gpu_probes|28|optional|tests.log|pytest -m gpu: determinism (20 runs), >2^31 elements, saved bytes + ResNet peak, torch.compile|28 s in run 2 (9 tests)"
 )
 # Everything OUTDIR receives.
@@ -154,6 +156,7 @@ PYEOF
 
 stage_module_tests() { test_stage 8 tests/test_fused_module.py; }
 stage_gpu_equiv() { test_stage 4 tests/gpu/test_gpu_equivalence.py; }
+stage_cuda_graphs() { test_stage 0 tests/gpu/test_gpu_cuda_graphs.py; }  # one GPU, graphs captured in turn
 stage_gpu_probes() {  # no xdist: the huge and memory probes each want the whole GPU
     test_stage 0 tests/gpu/test_gpu_determinism.py tests/gpu/test_gpu_huge.py tests/gpu/test_gpu_memory.py \
         tests/gpu/test_gpu_compile.py
@@ -204,8 +207,8 @@ stage_host_time() {
 }
 
 export -f run_pytest xdist test_stage sanitizer_bin bench stage_install stage_env stage_module_tests \
-    stage_gpu_equiv stage_gpu_probes stage_sanitizer stage_bench_resnet stage_bench_module stage_bench_gate \
-    stage_host_time
+    stage_gpu_equiv stage_cuda_graphs stage_gpu_probes stage_sanitizer stage_bench_resnet stage_bench_module \
+    stage_bench_gate stage_host_time
 export RESNET50_IDS
 
 # The plan: selected stages with their budgets.

@@ -38,7 +38,6 @@ channels_last when every convolution has ≤ 64 input and output channels, ...).
 
 import argparse
 import contextlib
-import json
 import re
 import sys
 import time
@@ -528,12 +527,9 @@ def main(argv=None) -> int:
                             print(kernel_listing(rows[-1]), flush=True)
     print(markdown(rows))
     if args.out:
-        from .results import environment
+        from .results import write_table
 
-        record = {**environment(torch.device("cpu")), "dtype": "fp32", "mode": "train"}
-        with open(args.out, "w") as f:
-            json.dump({**record, "rows": [as_json(r) for r in rows]}, f, indent=1)
-            f.write("\n")
+        write_table(args.out, torch.device("cpu"), [as_json(r) for r in rows], dtype="fp32", mode="train")
     return 0
 
 

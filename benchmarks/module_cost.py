@@ -172,12 +172,10 @@ def main(argv=None) -> int:
     rows = cost_table(tuple(args.shape), device)
     print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else markdown(rows))
     if args.out:
-        from .results import environment
+        from .results import write_table
 
-        record = {**environment(torch.device(device)), "shape": list(args.shape), "dtype": "fp32", "mode": "train"}
-        with open(args.out, "w") as f:
-            json.dump({**record, "rows": [asdict(r) for r in rows]}, f, indent=1)
-            f.write("\n")
+        rows = [asdict(r) for r in rows]
+        write_table(args.out, torch.device(device), rows, shape=list(args.shape), dtype="fp32", mode="train")
     return 0
 
 

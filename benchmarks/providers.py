@@ -16,6 +16,11 @@ BNs, product), so that every speedup is against the function users of that code 
     eager        ``bam_fused.BAM``: its gate is the float32 reference (upcasts a half x)
     fused        ``bam_fused.FusedBAM(backend="triton")``
     compiled     ``torch.compile`` of ``eager`` (in the ResNet: bam1..bam3 compiled)
+    fused_compiled         ``torch.compile`` of ``fused``, in compiled's mode: the whole module as the
+                           ``bam_fused::module`` op pair
+    fused_reduce_overhead  ``torch.compile(mode="reduce-overhead")`` of ``fused``: those ops replayed
+                           in inductor's CUDA graphs (not captured again in cuda_graph mode:
+                           :data:`SELF_GRAPHED`)
     none         (ResNet only) no BAM at all: the floor the others' overhead is measured from
 """
 
@@ -32,6 +37,18 @@ from .released_bam import BAM as ReleasedBAM
 GATE_COMBINE = {"released": "product", "eager_paper": "sum", "fused": "product", "compiled": "product"}
 # The BAM every module and ResNet provider computes: the released code's.
 BENCH_VARIANT = "official"
+# Providers that replay CUDA graphs of their own: cuda_graph mode does not capture them again.
+SELF_GRAPHED = ("fused_reduce_overhead",)
+# Each provider computing BAM: the module it compiles, and how (None: not compiled; "mode": the
+# benchmark's --compile-mode).
+_BAM_OF = {
+    "released": ("released", None),
+    "eager": ("eager", None),
+    "fused": ("fused", None),
+    "compiled": ("eager", "mode"),
+    "fused_compiled": ("fused", "mode"),
+    "fused_reduce_overhead": ("fused", "reduce-overhead"),
+}
 # Agreement each provider must reach with the reference before it is timed, by input dtype.
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-3}
 # The ResNet's BAMs, by attribute (None in a ResNet built with attention=None).
@@ -135,19 +152,26 @@ def autocast_for(dtype: str, device):
     return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32", cache_enabled=False)
 
 
+def _compiled(module, provider: str, compile_mode: str):
+    """``module`` as ``provider`` runs it: itself, or compiled in the provider's mode."""
+    how = _BAM_OF[provider][1]
+    return module if how is None else compile_fn(module, compile_mode if how == "mode" else how)
+
+
 def bam_module(provider: str, channels: int, device, compile_mode: str = "default", layout: str = "nchw", state=None):
     """A train-mode BAM(channels) computing the :data:`BENCH_VARIANT` BAM as ``provider`` runs it,
     holding ``state`` (a state_dict of that BAM, loaded strictly) when given."""
-    if provider == "released":
+    kind = _BAM_OF[provider][0]
+    if kind == "released":
         module = ReleasedBAM(channels)
-    elif provider == "fused":
+    elif kind == "fused":
         module = FusedBAM(channels, variant=BENCH_VARIANT, backend="triton")
     else:
         module = BAM(channels, variant=BENCH_VARIANT)
     if state is not None:
         module.load_state_dict(state, strict=True)
     module = module.to(device=device, memory_format=LAYOUTS[layout]).train()
-    return compile_fn(module, compile_mode) if provider == "compiled" else module
+    return _compiled(module, provider, compile_mode)
 
 
 def module_steps(module, sets, dtype: str, device) -> list:
@@ -178,8 +202,9 @@ def resnet_weights(depth: int) -> dict:
 def resnet_model(provider: str, depth: int, device, compile_mode: str = "default", state=None):
     """A channels_last train-mode ResNet (ImageNet stem) with BAM as ``provider`` runs it, holding
     ``state`` (from :func:`resnet_weights`; the backbone's part for "none") when given."""
-    attention = {"none": None, "released": "bam", "eager": "bam", "fused": "fused", "compiled": "bam"}[provider]
-    kwargs = {"backend": "triton"} if provider == "fused" else {}
+    # The released code's BAMs replace eager ones below: released and eager build "bam".
+    attention = {"released": "bam", "eager": "bam", "fused": "fused", None: None}[_BAM_OF.get(provider, (None,))[0]]
+    kwargs = {"backend": "triton"} if attention == "fused" else {}
     if attention is not None:
         kwargs["variant"] = BENCH_VARIANT
     model = resnet_bam(depth, network_type="ImageNet", num_classes=1000, attention=attention, **kwargs)
@@ -192,9 +217,8 @@ def resnet_model(provider: str, depth: int, device, compile_mode: str = "default
     if state is not None:
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
-    if provider == "compiled":
-        for name in RESNET_BAMS:
-            setattr(model, name, compile_fn(getattr(model, name), compile_mode))
+    for name in RESNET_BAMS if attention is not None else ():
+        setattr(model, name, _compiled(getattr(model, name), provider, compile_mode))
     return model.to(device=device, memory_format=torch.channels_last).train()
 
 

@@ -1,7 +1,7 @@
 """Render a benchmark result file as markdown tables and a GB/s plot; check quoted figures against their files.
 
     python -m benchmarks.report [--results FILE] [--out-md FILE] [--out-png FILE] [--summary]
-    python -m benchmarks.report --verify README.md
+    python -m benchmarks.report --verify docs/performance.md
 
 FILE defaults to the newest file (by its header's date) in benchmarks/results/. The markdown
 goes to stdout unless --out-md is given; the PNG goes next to the result file unless
@@ -378,9 +378,12 @@ def _found(printed: str, values: list[float]) -> bool:
 
 def verify(markdown_path, root=None, heading: str = "Performance") -> tuple[list[str], int]:
     """(problems, figures checked) of the tables in ``heading``'s section of ``markdown_path``;
-    result files are looked up relative to ``root`` (default: the markdown file's folder)."""
+    result files are looked up relative to ``root`` (default: the nearest folder at or above the
+    markdown file's that holds ``benchmarks/``, the repository's root; else the markdown's own)."""
     path = Path(markdown_path)
-    root = Path(root) if root else path.parent
+    if root is None:
+        root = next((p for p in path.resolve().parents if (p / "benchmarks").is_dir()), path.parent)
+    root = Path(root)
     problems, checked, cache = [], 0, {}
     source, table = None, []
     lines = _section(path.read_text(), heading) + [(0, "")]

@@ -74,6 +74,14 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def write_table(path, device: torch.device, rows: list, **fields) -> None:
+    """A tool's table as JSON: the machine and versions (:func:`environment`), ``fields`` (what was
+    measured: shape, dtype, mode, ...), then ``rows``."""
+    with open(path, "w") as f:
+        json.dump({**environment(device), **fields, "rows": rows}, f, indent=1)
+        f.write("\n")
+
+
 def result_path(results_dir, device_name: str, date: str) -> Path:
     """``<dir>/<device>-<date>.json`` with the device name made file-safe."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()

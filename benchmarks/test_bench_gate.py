@@ -25,8 +25,8 @@ def pytest_generate_tests(metafunc):
 def _check(fn, provider, case, inputs):
     x, mc, ms, _ = inputs
     with torch.no_grad():
-        got = fn(x, mc, ms).float()
-        want = gate_reference(x, mc, ms, provider).float()
+        got = fn(x, mc, ms).double()
+        want = gate_reference(x.double(), mc.double(), ms.double(), provider)  # float64: the exact gate
     tol = TOLERANCE[case.dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{case} {provider}: {m}")
 

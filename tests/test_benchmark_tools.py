@@ -1,5 +1,5 @@
 """The benchmarks' parts on CPU: the released provider against the authors' formula, the timers'
-round robin and input-set rotation, the profiler pass, and the README check of quoted figures."""
+round robin and input-set rotation, the profiler pass, and the check of figures quoted in docs/performance.md."""
 
 import json
 from pathlib import Path
@@ -20,19 +20,10 @@ from benchmarks.timing import (
     interleave,
     profile_steps,
 )
+from exact import assert_as_exact_as, float64_copy, randomize_bn
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _randomize_bn(module):
-    """Non-trivial BN statistics and affine parameters, so that eval mode is not an identity."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -41,19 +32,22 @@ def test_released_provider_computes_the_authors_formula(training):
     holding its weights, and the released-code gate applied to that module's own maps."""
     released = providers.bam_module("released", 64, CPU)
     assert isinstance(released, ReleasedBAM)
-    _randomize_bn(released)
+    randomize_bn(released)
     official = BAM(64, variant=providers.BENCH_VARIANT)
     official.load_state_dict(released.state_dict(), strict=True)
-    released.train(training)
-    official.train(training)
+    exact = float64_copy(official)
+    for module in (released, official, exact):
+        module.train(training)
     x = torch.randn(4, 64, 9, 9)
     with torch.no_grad():
         got = released(x)
         mc, ms = official.attention_maps(x)
         by_gate = reference.released_code_gate(x, mc, ms[:, 0], "product")
         want = official(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got, by_gate, rtol=1e-5, atol=1e-5)
+        want64 = exact(x.double())
+    # Each as near a float64 run of BAM(variant="official") as that module's float32 run.
+    assert_as_exact_as(got, want, want64, name="released")
+    assert_as_exact_as(by_gate, want, want64, name="released_code_gate")
     # The comparison discriminates: the paper's BAM on the same weights computes something else.
     paper = BAM(64).train(training)
     paper.load_state_dict(released.state_dict(), strict=False)
@@ -89,10 +83,11 @@ def test_released_resnet_matches_eager_on_the_same_weights():
     models = {p: providers.resnet_model(p, 18, CPU, state=state).eval() for p in ("released", "eager", "none")}
     assert all(isinstance(getattr(models["released"], b), ReleasedBAM) for b in providers.RESNET_BAMS)
     assert all(getattr(models["none"], b) is None for b in providers.RESNET_BAMS)
+    exact = float64_copy(models["eager"])
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out = {p: m(x) for p, m in models.items()}
-    torch.testing.assert_close(out["released"], out["eager"], rtol=1e-4, atol=1e-4)
+        assert_as_exact_as(out["released"], out["eager"], exact(x.double()), name="logits")
     assert (out["none"] - out["eager"]).abs().max() > 1e-3
 
 
@@ -188,7 +183,7 @@ def test_verify_fails_on_a_figure_its_file_does_not_hold(tmp_path, table, source
     assert report.main(["--verify", str(tmp_path / "README.md")]) == 1
 
 
-def test_readme_performance_figures_are_in_the_files_they_cite():
-    """CI's check: ``python -m benchmarks.report --verify README.md``."""
-    problems, checked = report.verify(ROOT / "README.md")
+def test_performance_figures_are_in_the_files_they_cite():
+    """CI's check: ``python -m benchmarks.report --verify docs/performance.md``."""
+    problems, checked = report.verify(ROOT / "docs" / "performance.md")
     assert problems == [] and checked > 0, problems

@@ -1,5 +1,5 @@
 """The bundled digits: the data, bam-train --dataset digits (a short real run), its ablation, and the
-full 10-epoch-or-less check behind the README's learning curves (opt-in: BAM_DIGITS_FULL=1)."""
+full 10-epoch-or-less check behind docs/usage.md's learning curves (opt-in: BAM_DIGITS_FULL=1)."""
 
 import csv
 import os
@@ -15,7 +15,7 @@ from bam_fused import digits
 from bam_fused.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
-# The README's digits recipe (asserted to appear there verbatim): 16×16 fits the 5-minute budget.
+# The digits recipe of docs/usage.md (asserted to appear there verbatim): 16×16 fits the 5-minute budget.
 RECIPE = ["--dataset", "digits", "--image-size", "16", "--epochs", "6", "--batch-size", "64", "--lr", "0.02"]
 
 
@@ -61,6 +61,7 @@ def test_model_input_is_normalised_grey_in_three_channels():
         digits.to_model_input(images[:2, None], 16)
 
 
+@pytest.mark.slow
 def test_two_epochs_reach_90_percent(tmp_path):
     """The CI-sized run of the recipe: measured 97.77 % after 2 epochs (36 s, 1 thread)."""
     recipe = RECIPE.copy()
@@ -92,14 +93,14 @@ def test_digits_takes_no_data_folder(argv, message, capsys):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_readme_names_the_recipe():
-    assert f"bam-train {' '.join(RECIPE)}" in (ROOT / "README.md").read_text()
+def test_usage_names_the_recipe():
+    assert f"bam-train {' '.join(RECIPE)}" in (ROOT / "docs" / "usage.md").read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("BAM_DIGITS_FULL") != "1", reason="~5 min of CPU; set BAM_DIGITS_FULL=1")
 def test_full_recipe_fused_and_eager(tmp_path):
-    """The README's runs: FusedBAM ≥ 95 % within the recipe's epochs, in under 5 minutes of CPU time
+    """docs/usage.md's runs: FusedBAM ≥ 95 % within the recipe's epochs, in under 5 minutes of CPU time
     (wall time on a shared machine measures the neighbours), and eager BAM with the same seed on the
     same curve (on CPU both run the reference gate)."""
     fused_s = _train([*RECIPE, "--seed", "0", "--attention", "fused"], tmp_path / "fused")

@@ -14,6 +14,7 @@ from torch import nn
 
 from bam_fused import BAM, FusedBAM
 from bam_fused.models import resnet_bam
+from exact import assert_as_exact_as
 
 WORLD = 2
 BATCH = 8  # split 4 + 4
@@ -89,28 +90,35 @@ def ddp_run(tmp_path_factory):
     return tmp_path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("train", [False, True], ids=["bn_eval", "bn_train"])
-def test_ddp_gradients_match_single_process(ddp_run, train):
-    x, y = _data()
-    net = _net().train(train)
+def _single_process_grads(net: nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool) -> dict:
+    """What DDP's averaged gradient must be, computed in one process."""
+    net.train(train)
     if train:
         # Train-mode BN normalises each process's shard by its own statistics: DDP's averaged
         # gradient is the mean of the per-shard gradients, not the whole-batch gradient.
         halves = [_grads(net, x[s], y[s]) for s in (slice(0, BATCH // 2), slice(BATCH // 2, BATCH))]
-        want = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
-    else:
-        want = _grads(net, x, y)  # eval-mode BN: the mean of the shards' mean losses is the batch's
+        return {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
+    return _grads(net, x, y)  # eval-mode BN: the mean of the shards' mean losses is the batch's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [False, True], ids=["bn_eval", "bn_train"])
+def test_ddp_gradients_match_single_process(ddp_run, train):
+    """Each rank's gradients (float32, another process, shards reduced by gloo) as near the
+    single-process float64 ones as the single-process float32 run."""
+    x, y = _data()
+    want = _single_process_grads(_net(), x, y, train)
+    exact = _single_process_grads(_net().double(), x.double(), y, train)
     assert any(k.startswith("3.channel_att") for k in want) and any(k.startswith("3.spatial_att") for k in want)
     for rank in range(WORLD):
         got = torch.load(ddp_run / f"grads{rank}_{train}.pt")
-        assert got.keys() == want.keys()
-        for k in want:
-            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {k}")
+        assert_as_exact_as(got, want, exact, name=f"rank {rank}")
     if not train:
-        ref = nn.SyncBatchNorm.convert_sync_batchnorm(_net()).eval()(x).detach()
+        sync = nn.SyncBatchNorm.convert_sync_batchnorm(_net()).eval()
+        ref, ref64 = sync(x).detach(), sync.double()(x.double()).detach()
         for rank in range(WORLD):
-            torch.testing.assert_close(torch.load(ddp_run / f"sync_eval{rank}.pt"), ref)
+            got = torch.load(ddp_run / f"sync_eval{rank}.pt")
+            assert_as_exact_as(got, ref, ref64, name=f"rank {rank}: SyncBatchNorm")
 
 
 def _bn_count(model: nn.Module) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from bam_fused.kernels import (
     gate_fwd,
 )
 from bam_fused.kernels.gate_bwd import PROGRAMS_PER_SM
-from gate_cases import DTYPES, MODES, assert_close, make_inputs, poisoned_like, reference64
+from gate_cases import DTYPES, MODES, TOL, assert_close, make_inputs, poisoned_like, reference64
 
 LAYOUTS = {"nchw": False, "channels_last": True}  # make_inputs' channels_last flag
 # Ragged on purpose: C and HW are not multiples of the blocks below.
@@ -44,16 +44,18 @@ def run_fwd(x, mc, ms, combine, residual, config=None, force_int64=False):
 
 def run_bwd(g, x, mc, ms, combine, residual, config, force_int64=False):
     """The backward into NaN-poisoned buffers (partials included); checks that stage two is the
-    fixed-order sum of stage one's partials."""
+    sum of stage one's partials."""
     plan = bwd_plan(x, config)
     out = bwd_buffers(x, mc, ms, plan, fill=float("nan"))
     grads = gate_bwd(g, x, mc, ms, combine=combine, residual=residual, config=config, out=out, force_int64=force_int64)
     assert grads == out[:3]
     gmc_part, gms_part = plan.part_views(out.parts)
-    if out.gmc is not None:
-        torch.testing.assert_close(out.gmc, gmc_part.sum(1).to(mc.dtype), equal_nan=True)
-    if out.gms is not None:
-        torch.testing.assert_close(out.gms.flatten(1), gms_part.sum(1).to(ms.dtype), equal_nan=True)
+    # Against the partials summed in float64, within the output dtype's tolerance (NaN where a
+    # partial is NaN: check_all's comparison with the reference catches those).
+    for total, parts in ((out.gmc, gmc_part), (out.gms, gms_part)):
+        if total is not None:
+            want = parts.double().sum(1).view(total.shape)
+            torch.testing.assert_close(total.double(), want, equal_nan=True, **TOL[total.dtype])
     return grads
 
 

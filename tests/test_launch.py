@@ -94,7 +94,8 @@ def gpu_scalar_narrowing(monkeypatch):
     monkeypatch.setattr(InterpretedFunction, "run", run)
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
+# momentum=None's factor, 1 / num_batches_tracked, is computed on the device; 1/7 is the kernels' scalar.
+@pytest.mark.parametrize("momentum", [0.1, 1 / 7, None])
 def test_float64_module_as_a_gpu_would_type_its_scalars(momentum, gpu_scalar_narrowing):
     """With scalars narrowed where a GPU narrows them, float64 still matches eager to 1e-9."""
     eager, fused = _pair()
@@ -103,7 +104,7 @@ def test_float64_module_as_a_gpu_would_type_its_scalars(momentum, gpu_scalar_nar
 
 
 def _cumulative_average_after_six_batches(eager, fused, momentum):
-    """Every BatchNorm with ``momentum`` (None: 1/7, then 1/8, neither an fp32 value) and 6 batches counted."""
+    """Every BatchNorm with ``momentum`` (None: 1/7, then 1/8) and 6 batches counted."""
     for module in (eager, fused):
         for bn in module.modules():
             if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
@@ -112,7 +113,8 @@ def _cumulative_average_after_six_batches(eager, fused, momentum):
 
 
 def test_the_narrowing_check_has_teeth(monkeypatch):
-    """The same comparison fails when every float is narrowed (as an undeclared scalar would be)."""
+    """The same comparison fails when every float is narrowed (as an undeclared scalar would be): a
+    momentum of 1/7, no fp32 value."""
     original = InterpretedFunction.run
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -121,7 +123,7 @@ def test_the_narrowing_check_has_teeth(monkeypatch):
 
     monkeypatch.setattr(InterpretedFunction, "run", run)
     eager, fused = _pair()
-    _cumulative_average_after_six_batches(eager, fused, None)
+    _cumulative_average_after_six_batches(eager, fused, 1 / 7)
     with pytest.raises(AssertionError):
         _steps_agree(eager, fused, torch.randn(3, 16, 5, 6, dtype=torch.float64))
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from bam_fused import BAM, FusedBAM, convert_to_fused
 from benchmarks.released_bam import BAM as ReleasedBAM
+from exact import assert_as_exact_as, float64_copy, module_pair, randomize_bn, results
 
 OFFICIAL_KEYS = {
     f"channel_att.gate_c.{k}"
@@ -43,23 +44,6 @@ PAPER_EXTRA = {f"channel_att.gate_c.gate_c_bn_final.{b}" for b in BN_BUFFERS} | 
 }
 
 
-def _randomize_bn(module):
-    """Non-trivial BN statistics and affine parameters, so eval mode is a real test."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-
-
-def _grads(module, x, g):
-    x = x.clone().requires_grad_()
-    y = module(x)
-    y.backward(g)
-    return y.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
-
-
 def test_state_dict_keys():
     assert set(BAM(64, variant="official").state_dict()) == OFFICIAL_KEYS
     assert set(BAM(64).state_dict()) == OFFICIAL_KEYS | PAPER_EXTRA
@@ -71,45 +55,37 @@ def test_state_dict_keys():
 @pytest.mark.parametrize("variant", ["paper", "official"])
 @pytest.mark.parametrize("combine", [None, "max"])
 def test_fused_matches_eager(variant, combine, training, device):
-    eager = BAM(32, 4, dilation_val=2, variant=variant, combine=combine).to(device)
-    _randomize_bn(eager)
-    fused = FusedBAM(32, 4, dilation_val=2, variant=variant, combine=combine, backend="triton").to(device)
-    fused.load_state_dict(eager.state_dict(), strict=True)
-    eager.train(training)
-    fused.train(training)
+    """Output, every gradient and (train mode) every running statistic of one step, as near a
+    float64 eager BAM as eager BAM's own in float32."""
+    eager, fused = module_pair(device=device, args=(32, 4), dilation_val=2, variant=variant, combine=combine)
+    exact = float64_copy(eager)
     x = torch.randn(3, 32, 6, 5, device=device)  # non-square on purpose
     g = torch.randn_like(x)
-    y_e, gx_e, gp_e = _grads(eager, x, g)
-    y_f, gx_f, gp_f = _grads(fused, x, g)
-    torch.testing.assert_close(y_f, y_e, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(gx_f, gx_e, atol=1e-5, rtol=1e-5)
-    for name in gp_e:
-        torch.testing.assert_close(gp_f[name], gp_e[name], atol=1e-4, rtol=1e-4, msg=name)
-    if training:  # BN running statistics move the same way
-        for (name, b_e), b_f in zip(eager.named_buffers(), fused.buffers()):
-            torch.testing.assert_close(b_f, b_e, msg=name)
+    want, got = (results(m.train(training), x, g) for m in (eager, fused))
+    assert_as_exact_as(got, want, results(exact.train(training), x.double(), g.double()))
 
 
 @pytest.mark.parametrize("branches", ["channel", "spatial"])
 def test_single_branch(branches, device):
-    eager = BAM(16, 4, branches=branches).to(device)
-    fused = FusedBAM(16, 4, branches=branches, backend="triton").to(device)
-    fused.load_state_dict(eager.state_dict())
+    eager, fused = module_pair(device=device, branches=branches)
     assert all(k.startswith("channel_att" if branches == "channel" else "spatial_att") for k in fused.state_dict())
+    exact = float64_copy(eager)
     x = torch.randn(2, 16, 4, 4, device=device)
-    torch.testing.assert_close(fused(x), eager(x), atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(x)
+    assert_as_exact_as(results(fused, x, g), results(eager, x, g), results(exact, x.double(), g.double()))
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_released_code_loads_strictly_into_official(training, device):
     released = ReleasedBAM(64).to(device)
-    _randomize_bn(released)
+    randomize_bn(released)
     ours = FusedBAM(64, variant="official", backend="triton").to(device)
     ours.load_state_dict(released.state_dict(), strict=True)
-    released.train(training)
-    ours.train(training)
+    exact = float64_copy(released)
+    for module in (released, ours, exact):
+        module.train(training)
     x = torch.randn(2, 64, 7, 7, device=device)
-    torch.testing.assert_close(ours(x), released(x), atol=1e-5, rtol=1e-5)
+    assert_as_exact_as(ours(x), released(x), exact(x.double()), name="y")
     # The paper variant is a superset: released weights load with strict=False, missing only final BNs.
     missing, unexpected = BAM(64).load_state_dict(released.state_dict(), strict=False)
     # (BatchNorm forgives a missing num_batches_tracked, so those two keys are not reported.)
@@ -118,7 +94,7 @@ def test_released_code_loads_strictly_into_official(training, device):
 
 def test_state_dict_round_trip(tmp_path, device):
     src = FusedBAM(32, 8).to(device)
-    _randomize_bn(src)
+    randomize_bn(src)
     torch.save(src.state_dict(), tmp_path / "bam.pt")
     dst = BAM(32, 8).to(device)
     dst.load_state_dict(torch.load(tmp_path / "bam.pt"), strict=True)
@@ -131,10 +107,11 @@ def test_convert_to_fused(device):
     released = ReleasedBAM(64)
     inner = nn.Sequential(nn.Conv2d(32, 64, 1), released)
     model = nn.Sequential(nn.Conv2d(3, 32, 1), ours, inner, nn.ReLU()).to(device)
-    _randomize_bn(model)
+    randomize_bn(model)
     model.eval()
     released.train()  # a mixed tree: each module's own mode must survive
     x = torch.randn(2, 3, 8, 8, device=device)
+    exact = float64_copy(model)(x.double())
     before = model(x)
     params_of_ours = {id(p) for p in ours.parameters()}
     convert_to_fused(model, backend="triton")
@@ -143,7 +120,7 @@ def test_convert_to_fused(device):
     assert {id(p) for p in model[1].parameters()} == params_of_ours  # optimizers keep working
     assert not model[1].training and model[2][1].training
     released.train()
-    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    assert_as_exact_as(model(x), before, exact, name="y")
     assert isinstance(convert_to_fused(BAM(16, 4)), FusedBAM)
     assert convert_to_fused(model) is model
 
@@ -181,12 +158,18 @@ def test_convert_to_fused_module_registered_twice_stays_one_module():
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("cls", [BAM, FusedBAM])
 def test_jit_trace(cls, training, device):
-    """torch.jit.trace (whose check re-runs the model and compares graphs) gives the eager numbers."""
+    """torch.jit.trace (whose check re-runs the model and compares graphs) gives the eager numbers:
+    traced and untraced as near a float64 eager BAM (same weights) as the untraced module."""
     bam = cls(16, 4).to(device).train(training)
-    _randomize_bn(bam)
+    randomize_bn(bam)
+    eager = BAM(16, 4).to(device).train(training)
+    eager.load_state_dict(bam.state_dict())
     x = torch.randn(2, 16, 5, 4, device=device)
+    exact = float64_copy(eager)(x.double())
     traced = torch.jit.trace(bam, x)
-    torch.testing.assert_close(traced(x), bam(x), atol=1e-5, rtol=1e-5)
+    want = bam(x)
+    assert_as_exact_as(want, eager(x), exact, name="untraced")
+    assert_as_exact_as(traced(x), want, exact, name="traced")
 
 
 @pytest.mark.parametrize(
@@ -230,9 +213,9 @@ def test_wrong_channel_count_fails_before_any_convolution():
 
 def test_empty_batch_and_one_by_one_map(device):
     fused = FusedBAM(16, 4, backend="triton").to(device).eval()
-    _randomize_bn(fused)
+    randomize_bn(fused)
     eager = BAM(16, 4).to(device).eval()
     eager.load_state_dict(fused.state_dict())
     assert fused(torch.randn(0, 16, 5, 5, device=device)).shape == (0, 16, 5, 5)
     x = torch.randn(2, 16, 1, 1, device=device)
-    torch.testing.assert_close(fused(x), eager(x), atol=1e-5, rtol=1e-5)
+    assert_as_exact_as(fused(x), eager(x), float64_copy(eager)(x.double()), name="y")

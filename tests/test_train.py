@@ -36,6 +36,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_step_run_then_resume(tmp_path):
     out = tmp_path / "run"
     assert main([*TINY, "--epochs", "1", "--depth", "18", "--out", str(out)]) == 0
@@ -74,6 +75,7 @@ def test_two_step_run_then_resume(tmp_path):
         main([*argv, "--attention", "bam"])
 
 
+@pytest.mark.slow
 def test_tiny_ablation(tmp_path):
     out = tmp_path / "abl"
     # Baseline, d=1, d=2 under fp16 autocast (GradScaler on CPU) with the eager BAM for speed.

@@ -15,6 +15,7 @@ from bam_fused import BAM
 from bam_fused.models import resnet_bam
 from bam_fused.train import main as bam_train
 from bam_fused.visualize import bam_attention_maps, main
+from exact import assert_as_exact_as, float64_copy
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -41,8 +42,9 @@ def test_maps_are_what_the_gate_applies(variant, combine, branches):
     assert model.training, "the caller's model keeps its mode"
     assert list(maps) == ["0"]
     with torch.no_grad():
-        gate = bam.eval()(x) / x - 1  # the forward applies y = x · (1 + σ(Mc ⊕ Ms))
-    torch.testing.assert_close(maps["0"]["attention"], gate.mean(dim=1), rtol=1e-4, atol=1e-5)
+        # The forward applies y = x · (1 + σ(Mc ⊕ Ms)): the gate it applied, in float32 and float64.
+        gate, gate64 = ((m.eval()(xm) / xm - 1).mean(dim=1) for m, xm in ((bam, x), (float64_copy(bam), x.double())))
+    assert_as_exact_as(maps["0"]["attention"], gate, gate64, name="attention")
     if branches == "channel":
         assert maps["0"]["spatial"] is None
     else:

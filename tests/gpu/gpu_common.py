@@ -26,11 +26,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-# The repo root (benchmarks.providers) and tests/ (gate_cases) for scripts and --noconftest runs.
+# The repo root (benchmarks.providers) and tests/ (gate_cases, exact) for scripts and --noconftest runs.
 for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from exact import assert_as_exact_as  # noqa: E402
 from gate_cases import assert_close, make_inputs, poisoned_like, reference64  # noqa: E402
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ON_GPU",
     "ROOT",
     "KernelVariants",
+    "assert_as_exact_as",
     "assert_close",
     "kernel_variants",
     "make_inputs",
