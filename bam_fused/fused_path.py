@@ -255,7 +255,7 @@ def check_fused_path(module, x: torch.Tensor) -> "FusedCall | str":
 def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     """:func:`check_fused_path` without the checks of where and how the call runs (the kernels'
     device, tracers, transforms, global hooks): what the kernels would be launched with, also on
-    meta tensors (``python -m bam_fused.kernels.ptx_report`` compiles them so)."""
+    meta tensors (``python -m benchmarks.ptx_report`` compiles them so)."""
     planned = _plan(module, x)
     return planned if isinstance(planned, str) else planned[0]
 

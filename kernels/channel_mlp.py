@@ -25,10 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import next_pow2
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import launch_guard, tl_dtype
 from .target import Target, all_registers, large_tiles, target_of
+from .utils import next_pow2
 
 # The one program holds the batch × hidden tiles [BLOCK_N × BLOCK_H] (u1, a1, their gradients) in
 # registers, the channels streaming through in chunks [BLOCK_N × BLOCK_C] and [BLOCK_C × BLOCK_H].

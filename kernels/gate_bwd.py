@@ -28,7 +28,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv, compute_dtype
 from .dot import cast, emulate_bf16
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
 from .layout import (
@@ -43,17 +42,19 @@ from .layout import (
     tl_compute_dtype,
 )
 from .target import PROGRAM_REGISTERS, Target, target_of
+from .utils import cdiv, compute_dtype
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
-# programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
-# 4 KiB chunks and 4 programs/SM had the best mean and the best worst case over the six
-# ResNet-50 shape/layouts among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
+# programs per SM stage one's split of the walked axis aims for (more programs, more partial sums
+# for stage two). Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md): 4 KiB chunks and 4
+# programs/SM had the best mean and the best worst case over the six ResNet-50 shape/layouts
+# among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
 BWD_TILE_BYTES = 4096
-PROGRAMS_PER_SM = 4
+GATE_BWD_PROGRAMS_PER_SM = 4
 # Where stage one runs as tuned: on sm_80 and sm_90 in 2- and 4-byte dtypes ptxas's own register
 # choice stands (no spill there). Elsewhere it spilled 8-16 B (bf16/fp16 on sm_75/86/89/120, fp64
 # on sm_75-100) keeping more programs per SM than the split asks for: the cap is the registers
-# PROGRAMS_PER_SM programs leave each thread.
+# GATE_BWD_PROGRAMS_PER_SM programs leave each thread.
 TUNED_ARCHS = (80, 90)
 # Outputs per program of the reduction (stage two).
 REDUCE_BLOCK = 1024
@@ -200,7 +201,7 @@ def _register_cap(dtype: torch.dtype, target: Target, num_warps: int) -> dict:
     """Stage one's maxnreg launch option (see TUNED_ARCHS), or none."""
     if target.arch in TUNED_ARCHS and dtype.itemsize <= 4:
         return {}
-    return {"maxnreg": PROGRAM_REGISTERS // (PROGRAMS_PER_SM * 32 * num_warps)}
+    return {"maxnreg": PROGRAM_REGISTERS // (GATE_BWD_PROGRAMS_PER_SM * 32 * num_warps)}
 
 
 class BwdConfig(NamedTuple):
@@ -221,7 +222,7 @@ def bwd_config(
 
     The fast axis gets at most one warp's width of 16-byte vectors (256 bf16, 128 fp32 lanes)
     so that the per-chunk sum along it never leaves a warp; the walked axis gets the rest of a
-    ``tile_bytes`` chunk. The split grows until there are PROGRAMS_PER_SM programs per SM,
+    ``tile_bytes`` chunk. The split grows until there are GATE_BWD_PROGRAMS_PER_SM programs per SM,
     never below one chunk per split. num_stages stays 1 (no prefetch into shared memory) until
     a GPU sweep (``python -m benchmarks.tune``, which varies ``tile_bytes`` too) shows more win.
     """
@@ -231,7 +232,7 @@ def bwd_config(
         ((HW, block_hw), (C, block_c)) if channels_last else ((C, block_c), (HW, block_hw))
     )
     fast_blocks, chunks = cdiv(fast, block_f), cdiv(walk, block_w)
-    splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * num_sms, max(N * fast_blocks, 1))))
+    splits = max(1, min(chunks, cdiv(GATE_BWD_PROGRAMS_PER_SM * num_sms, max(N * fast_blocks, 1))))
     return BwdConfig(block_c, block_hw, splits)
 
 

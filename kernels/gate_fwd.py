@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
 from .layout import NUM_WARPS, as_kernel_layout, dense, launch_guard, layout_of, tile_shape, tl_compute_dtype
+from .utils import cdiv
 
 # A forward program's tile holds this many bytes of x: two 16-byte accesses per thread of 4 warps.
 # Small tiles, many programs: on an H200 this beat 8-32 KiB tiles at every ResNet-50 BAM shape

@@ -19,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv, compute_dtype, next_pow2
 from .dot import MIN_DOT, dot, dot_meta
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
 from .layout import (
@@ -31,9 +30,11 @@ from .layout import (
     tl_compute_dtype,
 )
 from .target import Target, all_registers, large_tiles, target_of
+from .utils import cdiv, compute_dtype, next_pow2
 
-# Programs per SM the position split aims for (each split adds h·C partial sums).
-PROGRAMS_PER_SM = 2
+# Programs per SM input_grad's split of the positions aims for: half gate_bwd's, since each split
+# here adds h·C partial sums of gWr to write and reduce (not tuned on a GPU).
+INPUT_GRAD_PROGRAMS_PER_SM = 2
 REDUCE_BLOCK = 1024
 # Wrᵀ [BLOCK_C × BLOCK_H] and gWr's accumulator [BLOCK_H × BLOCK_C] stay in registers up to this
 # many reduce channels: at 128, bf16 spilled on sm_80 and passed sm_86's shared memory, fp64 spilled.
@@ -213,7 +214,7 @@ def _input_grad_plan(shape, strides, dtype, target: Target, h: int, dot_dtype) -
     c_blocks = cdiv(C, tiles.block_c)
     chunks = cdiv(total, block_p)
     # Enough programs to fill the GPU, each split at least one chunk.
-    splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * target.sms, c_blocks)))
+    splits = max(1, min(chunks, cdiv(INPUT_GRAD_PROGRAMS_PER_SM * target.sms, c_blocks)))
     per_split = cdiv(chunks, splits) * block_p
     splits = cdiv(total, per_split) if total else 0
     gb_part_offset = splits * h * C

@@ -20,7 +20,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ..common import compute_dtype, next_pow2
+from .utils import compute_dtype, next_pow2
 
 # Warps per program of every launch: 4 won every sweep on an H200 (benchmarks/NOTES.md).
 NUM_WARPS = 4

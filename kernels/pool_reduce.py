@@ -17,10 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv, compute_dtype, next_pow2
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype
 from .target import Target, large_tiles, target_of
+from .utils import cdiv, compute_dtype, next_pow2
 
 # Positions per program, at most.
 MAX_BLOCK_HW = 64

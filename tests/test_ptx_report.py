@@ -13,7 +13,7 @@ import pytest
 SCRIPT = """
 import json, sys
 from dataclasses import asdict
-from bam_fused.kernels.ptx_report import compile_kernels
+from benchmarks.ptx_report import compile_kernels
 out = []
 for arch in (80, 90):
     for dtype in ("fp16", "bf16", "fp32", "fp64"):
@@ -90,7 +90,7 @@ def test_cli_writes_ptx(tmp_path):
         [
             sys.executable,
             "-m",
-            "bam_fused.kernels.ptx_report",
+            "benchmarks.ptx_report",
             "--arch",
             "sm_90",
             "--dtype",

@@ -1,8 +1,8 @@
 """Compile the kernels ahead of time for GPU targets, without a GPU, and report on them.
 
-    python -m bam_fused.kernels.ptx_report --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
+    python -m benchmarks.ptx_report --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
                                            [--bwd-stages N]
-    python -m bam_fused.kernels.ptx_report --survey OUT.json [--archs 75,80,...] [--dtypes fp16,...]
+    python -m benchmarks.ptx_report --survey OUT.json [--archs 75,80,...] [--dtypes fp16,...]
                                            [--shapes 64x256x56x56,...]
 
 The first form compiles every kernel as its launcher launches it on bam1's map in a ResNet-50
@@ -39,9 +39,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..common import CIFAR_BAM_SHAPES, DTYPES, GATE_MODES, LAYOUTS, RESNET50_BAM_SHAPES, VARIANTS, interpreter_requested
-from .layout import captured_launches
-from .target import SHARED_BYTES, arch_target, planned_for
+from bam_fused.common import (
+    CIFAR_BAM_SHAPES,
+    DTYPES,
+    GATE_MODES,
+    LAYOUTS,
+    RESNET50_BAM_SHAPES,
+    VARIANTS,
+    interpreter_requested,
+)
+from bam_fused.kernels.layout import captured_launches
+from bam_fused.kernels.target import SHARED_BYTES, arch_target, planned_for
 
 # bam1's map in a ResNet-50: every size is a multiple of 16.
 BAM1 = RESNET50_BAM_SHAPES[0]
@@ -219,9 +227,9 @@ def gate_launches(shape: tuple, dtype: torch.dtype, channels_last: bool, bwd_sta
     backward's two stages (the reduction once: it does not depend on the mode); and stage one once
     more for an expanded g. Planned for the target :func:`~bam_fused.kernels.target.planned_for`
     names; ``bwd_stages`` overrides the backward's num_stages."""
-    from .gate_bwd import bwd_config, gate_bwd
-    from .gate_fwd import gate_fwd
-    from .target import target_of
+    from bam_fused.kernels.gate_bwd import bwd_config, gate_bwd
+    from bam_fused.kernels.gate_fwd import gate_fwd
+    from bam_fused.kernels.target import target_of
 
     N, C, H, W = shape
     x = _meta_x(shape, dtype, channels_last)
@@ -459,7 +467,7 @@ def main(argv=None) -> int:
         with open(args.survey, "w") as f:
             json.dump(
                 {
-                    "command": "python -m bam_fused.kernels.ptx_report " + " ".join(argv or sys.argv[1:]),
+                    "command": "python -m benchmarks.ptx_report " + " ".join(argv or sys.argv[1:]),
                     "triton": triton.__version__,
                     "seconds": round(time.time() - started),
                     "records": records,
