@@ -312,7 +312,10 @@ def _kernels_blocker(
     if mlp_hidden:
         reasons.append(mlp_fits(N, mlp_hidden, branch_dtype, compute_dtype(x_dtype), target))
     if reduce_hidden:
-        reasons += [pool_reduce_fits(reduce_hidden, x_dtype, branch_dtype, target), input_grad_fits(reduce_hidden)]
+        reasons += [
+            pool_reduce_fits(reduce_hidden, x_dtype, branch_dtype, target),
+            input_grad_fits(reduce_hidden, x_dtype, branch_dtype, target),
+        ]
     return next((r for r in reasons if r is not None), None)
 
 

@@ -1,9 +1,9 @@
 """Compile the kernels ahead of time for GPU targets, without a GPU, and report on them.
 
     python -m benchmarks.ptx_report --arch sm_90 --dtype bf16 [--channels-last] [--ptx DIR] [--json]
-                                           [--bwd-stages N]
-    python -m benchmarks.ptx_report --survey OUT.json [--archs 75,80,...] [--dtypes fp16,...]
-                                           [--shapes 64x256x56x56,...]
+                                    [--bwd-stages N]
+    python -m benchmarks.ptx_report --survey OUT.json [--check] [--archs 75,80,...] [--dtypes fp16,...]
+                                    [--shapes 64x256x56x56,...] [--workers N]
 
 The first form compiles every kernel as its launcher launches it on bam1's map in a ResNet-50
 (each combine mode of the gate, channel-only and spatial-only, a FusedBAM training step in both
@@ -15,8 +15,11 @@ The survey compiles every launch of the gate and of a FusedBAM training step ove
 dtypes × layouts × variants × archs (default: :data:`SURVEY_SHAPES`, every dtype and layout,
 both variants, every arch of :data:`bam_fused.kernels.target.SHARED_BYTES`), each launch
 planned for its arch as on that GPU; a launch Triton specialises alike is compiled once. It
-writes one record per launch (registers, spill bytes, shared bytes and the arch's limit), and
-one per configuration the fused path routes to the per-op path, with the reason.
+writes a table (:func:`bounds_table`): each compiled launch with its registers, spill bytes,
+shared bytes and the arch's limit, and where it is launched; each configuration the fused path
+routes to the per-op path (the kernels' ``*_fits`` functions), with the reason, its kernels not
+compiled; and the launches that spill or pass their arch's shared memory (``--check``: exit 1
+when there is one). ``benchmarks/results/ptx-bounds.json`` holds the default survey.
 
 Specialisation follows a real launch: pointers and sizes divisible by 16 are marked so, strides
 equal to 1 become constants — without that nothing vectorises. Runs with TRITON_INTERPRET unset
@@ -25,6 +28,7 @@ equal to 1 become constants — without that nothing vectorises. Runs with TRITO
 
 import argparse
 import contextlib
+import functools
 import io
 import itertools
 import json
@@ -329,9 +333,9 @@ def _reduction(shape: tuple) -> int:
 
 
 # Triton 3.6 lowers these kernels for sm_86 and sm_89 to the PTX it emits for sm_80, but for the
-# .target line (it branches on the arch at 80, 89 for fp8, 90 and 100): where a survey is told to,
-# it compiles them once for sm_80 and has ptxas assemble that PTX for each (the full survey, which
-# compiles every arch, records whether the PTX agrees: ``same_ptx_as_sm80``).
+# .target line (it branches on the arch at 80, 89 for fp8, 90 and 100): a survey of sm_80 too has
+# ptxas assemble sm_80's PTX for them (registers and spills are ptxas's; shared memory is fixed
+# before PTX) instead of compiling each launch again.
 PTX_OF_SM80 = (86, 89)
 
 
@@ -343,89 +347,99 @@ def survey(
     variants=VARIANTS,
     gate_modes=tuple(GATE_MODES),
     workers: int = 1,
-    reuse_sm80_ptx: bool = False,
 ) -> list[dict]:
     """Every launch of the gate (in ``gate_modes``, and stage one for an expanded g) and of a
     FusedBAM training step, for each arch × shape × dtype × layout × variant, planned for its arch
-    as on that GPU and compiled for it, launches Triton specialises alike compiled once (over
-    ``workers`` processes): a record per launch with its block, registers, spill bytes, shared
-    bytes and the arch's ``shared_limit``; a record with ``routed`` (the reason) per configuration
-    the fused path sends the per-op way. ``reuse_sm80_ptx``: sm_86 and sm_89 assemble sm_80's PTX
-    (:data:`PTX_OF_SM80`)."""
-    records, jobs = [], {}  # jobs: specialisation key → (kernel, args, kwargs, arch)
-    for arch in archs:
-        with planned_for(arch_target(arch)):
-            for shape, dtype, layout in itertools.product(shapes, dtypes, layouts):
-                where = {"arch": arch, "shape": list(shape), "dtype": dtype, "layout": layout}
-                channels_last = layout == "channels_last"
-                launches = []
-                if gate_modes:
-                    launches += [j for j in gate_launches(shape, DTYPES[dtype], channels_last) if j[0] in gate_modes]
-                for variant in variants:
-                    got = module_launches(shape, DTYPES[dtype], channels_last, variant, _reduction(shape))
-                    if isinstance(got, str):
-                        records.append(where | {"mode": variant, "routed": got})
-                    else:
-                        launches += got
-                for mode, fn, args, kwargs in launches:
-                    key = specialisation_key(fn, args, kwargs, arch)
-                    jobs.setdefault(key, (fn, args, kwargs, arch))
-                    record = where | {"kernel": fn.__name__, "mode": mode, "block": _block_label(kwargs)}
-                    records.append(record | {"stores_bulk": kwargs.get("STORE_GX", True), "key": key})
-    compiled = _compile_all(jobs, workers, reuse_sm80_ptx)
+    as on that GPU and compiled for it (launches Triton specialises alike compiled once, sm_86/89
+    from sm_80's PTX: :data:`PTX_OF_SM80`; the archs spread over ``workers`` processes): a record
+    per launch with its block, registers, spill bytes, shared bytes and the arch's
+    ``shared_limit``; a record with ``routed`` (the reason) per configuration the fused path sends
+    the per-op way, whose kernels are not compiled."""
+    one_arch = functools.partial(
+        _survey_arch,
+        shapes=tuple(shapes),
+        dtypes=tuple(dtypes),
+        layouts=tuple(layouts),
+        variants=tuple(variants),
+        gate_modes=tuple(gate_modes),
+    )
+    borrowing = [a for a in archs if a in PTX_OF_SM80 and 80 in archs]
+    per_arch = _map(one_arch, [a for a in archs if a not in borrowing], workers)
+    sm80 = next((compiled for arch, (_, compiled) in zip(archs, per_arch) if arch == 80), {})
+    per_arch += _map(functools.partial(one_arch, sm80=sm80), borrowing, workers)
+    return [record for records, _ in per_arch for record in records]
+
+
+def _map(fn, archs: list, workers: int) -> list:
+    if workers > 1 and len(archs) > 1:
+        # Forked: the parent's kernels and Triton set-up are the children's.
+        with multiprocessing.get_context("fork").Pool(min(workers, len(archs))) as pool:
+            return pool.map(fn, archs, chunksize=1)
+    return list(map(fn, archs))
+
+
+def _survey_arch(arch: int, shapes, dtypes, layouts, variants, gate_modes, sm80=None) -> tuple[list[dict], dict]:
+    """:func:`survey`'s records for one arch, and sm_80's compiled launches (with their PTX, by
+    their specialisation key less the arch) for the archs that borrow them; ``sm80``: those."""
+    records, jobs = [], {}  # jobs: specialisation key → (kernel, args, kwargs)
+    with planned_for(arch_target(arch)):
+        for shape, dtype, layout in itertools.product(shapes, dtypes, layouts):
+            where = {"arch": arch, "shape": list(shape), "dtype": dtype, "layout": layout}
+            channels_last = layout == "channels_last"
+            launches = []
+            if gate_modes:
+                launches += [j for j in gate_launches(shape, DTYPES[dtype], channels_last) if j[0] in gate_modes]
+            for variant in variants:
+                got = module_launches(shape, DTYPES[dtype], channels_last, variant, _reduction(shape))
+                if isinstance(got, str):
+                    records.append(where | {"mode": variant, "routed": got})
+                else:
+                    launches += got
+            for mode, fn, args, kwargs in launches:
+                key = specialisation_key(fn, args, kwargs, arch)
+                jobs.setdefault(key, (fn, args, kwargs))
+                record = where | {"kernel": fn.__name__, "mode": mode, "block": _block_label(kwargs)}
+                records.append(record | {"stores_bulk": kwargs.get("STORE_GX", True), "key": key})
+    compiled = {}
+    for key, (fn, args, kwargs) in jobs.items():
+        borrowed = (sm80 or {}).get(key[:-1])
+        if borrowed is None:
+            compiled[key] = compile_launch(fn, args, kwargs, arch)
+        else:
+            compiled[key] = _resources(borrowed["ptx"], *_ptxas(borrowed["ptx"], arch), borrowed["shared_bytes"])
     for record in records:
         if "key" in record:
             key = record.pop("key")
-            record |= compiled[key] | {"shared_limit": SHARED_BYTES[key[-1]], "threads": 32 * _num_warps(key)}
-    return records
+            threads = 32 * dict(key[4])["num_warps"]
+            resources = {k: v for k, v in compiled[key].items() if k != "ptx"}
+            record |= resources | {"shared_limit": SHARED_BYTES[arch], "threads": threads}
+    return records, ({key[:-1]: c for key, c in compiled.items()} if arch == 80 else {})
 
 
-def _num_warps(key: tuple) -> int:
-    return dict(key[4])["num_warps"]
+def out_of_bounds(records: list[dict]) -> list[dict]:
+    """The launched records (not routed) that spill registers or ask for more shared memory than
+    their arch has."""
+    return [r for r in records if "routed" not in r and (r["spill_bytes"] > 0 or r["shared_bytes"] > r["shared_limit"])]
 
 
-# The survey's jobs, read by its worker processes (forked: a JITFunction does not pickle).
-_JOBS: list = []
+# What a survey's table keeps of a launch (the rest is where it was launched).
+_COMPILED = ("arch", "kernel", "dtype", "block", "threads", "registers", "spill_bytes", "shared_bytes", "shared_limit")
 
 
-def _compile_all(jobs: dict, workers: int, reuse_sm80_ptx: bool) -> dict:
-    """key → resources (no PTX) of each job, sm_86/89 from sm_80's PTX where asked."""
-    own = [key for key in jobs if not (reuse_sm80_ptx and key[-1] in PTX_OF_SM80)]
-    borrowed = [key for key in jobs if key not in set(own)]
-    for key in borrowed:  # sm_80's own compile of the same launch, for its PTX
-        sm80 = key[:-1] + (80,)
-        if sm80 not in jobs:
-            own.append(sm80)
-            jobs[sm80] = jobs[key][:3] + (80,)
-    _JOBS[:] = [jobs[key] for key in own]
-    try:
-        if workers > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                results = pool.map(_compile_job, range(len(_JOBS)), chunksize=1)
-        else:
-            results = list(map(_compile_job, range(len(_JOBS))))
-    finally:
-        _JOBS.clear()
-    out = dict(zip(own, results))
-    ptx_of = {key: r.pop("ptx") for key, r in out.items()}
-    for key in own:
-        if key[-1] in PTX_OF_SM80 and key[:-1] + (80,) in ptx_of:
-            out[key]["same_ptx_as_sm80"] = _body(ptx_of[key]) == _body(ptx_of[key[:-1] + (80,)])
-    for key in borrowed:
-        sm80 = out[key[:-1] + (80,)]
-        registers, spill_bytes = _ptxas(ptx_of[key[:-1] + (80,)], key[-1])
-        out[key] = sm80 | {"registers": registers, "spill_bytes": spill_bytes, "ptx_from": 80}
-    return {key: out[key] for key in jobs}
-
-
-def _body(ptx: str) -> str:
-    """PTX without the lines that name its arch and ISA version."""
-    return re.sub(r"^\.(target|version) .*$", "", ptx, flags=re.MULTILINE)
-
-
-def _compile_job(i: int) -> dict:
-    fn, args, kwargs, arch = _JOBS[i]
-    return compile_launch(fn, args, kwargs, arch)
+def bounds_table(records: list[dict]) -> dict:
+    """A survey's records as a table: the launches grouped by what was compiled and what it uses
+    (each with the shape/layout/mode where it is launched), the configurations routed to the
+    per-op path with their reasons, and those out of bounds."""
+    groups: dict = {}
+    for r in records:
+        if "routed" not in r:
+            row = groups.setdefault(tuple(r[k] for k in _COMPILED), [])
+            row.append(f"{'x'.join(map(str, r['shape']))} {r['layout']} {r['mode']}")
+    return {
+        "out_of_bounds": out_of_bounds(records),
+        "routed": [r for r in records if "routed" in r],
+        "launches": [dict(zip(_COMPILED, k)) | {"where": where} for k, where in sorted(groups.items())],
+    }
 
 
 def _shape(text: str) -> tuple:
@@ -440,14 +454,14 @@ def main(argv=None) -> int:
     parser.add_argument("--ptx", metavar="DIR", help="write each kernel's PTX here")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
     parser.add_argument("--bwd-stages", type=int, help="the backward's num_stages (default: the heuristic's)")
-    parser.add_argument("--survey", metavar="OUT", help="compile the survey and write its records here (JSON)")
+    parser.add_argument("--survey", metavar="OUT", help="compile the survey and write its table here (JSON)")
+    parser.add_argument("--check", action="store_true", help="with --survey: exit 1 when a launch is out of bounds")
     parser.add_argument("--archs", default=",".join(map(str, SHARED_BYTES)), help="the survey's archs")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="the survey's dtypes")
     parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SURVEY_SHAPES))
     parser.add_argument("--modes", default=",".join(GATE_MODES), help="the gate's modes ('' for none)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="the module's variants ('' for none)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="compiling processes")
-    parser.add_argument("--reuse-sm80-ptx", action="store_true", help="sm_86/89 assemble sm_80's PTX")
     args = parser.parse_args(argv)
     if interpreter_requested():
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile kernels")
@@ -460,7 +474,6 @@ def main(argv=None) -> int:
             variants=[v for v in args.variants.split(",") if v],
             gate_modes=[m for m in args.modes.split(",") if m],
             workers=args.workers,
-            reuse_sm80_ptx=args.reuse_sm80_ptx,
         )
         import triton
 
@@ -470,12 +483,17 @@ def main(argv=None) -> int:
                     "command": "python -m benchmarks.ptx_report " + " ".join(argv or sys.argv[1:]),
                     "triton": triton.__version__,
                     "seconds": round(time.time() - started),
-                    "records": records,
+                    **bounds_table(records),
                 },
                 f,
                 indent=0,
             )
-        return 0
+        bad = out_of_bounds(records)
+        for r in bad:
+            print(f"out of bounds: {r}", file=sys.stderr)
+        routed = sum("routed" in r for r in records)
+        print(f"{len(records) - routed} launches, {len(bad)} out of bounds; {routed} configurations routed")
+        return 1 if args.check and bad else 0
     arch = int(args.arch.removeprefix("sm_"))
     reports = compile_kernels(arch, args.dtype, args.channels_last, args.ptx, args.bwd_stages)
     if args.json:

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import launch_guard, tl_dtype
-from .target import Target, all_registers, large_tiles, target_of
+from .target import Target, all_registers, large_tiles, prefetches, staged_itemsize, target_of
 from .utils import next_pow2
 
 # The one program holds the batch × hidden tiles [BLOCK_N × BLOCK_H] (u1, a1, their gradients) in
@@ -58,6 +58,33 @@ def _tiles(branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> T
     if compute == torch.float64:
         return SMALL_TILES_FP64
     return SMALL_TILES_BF16 if branch_dtype == torch.bfloat16 else SMALL_TILES
+
+
+# Tiles of tl.dot operands the backward (the larger of the two) keeps in shared memory at once, by
+# kind ([N × H], [N × C], [C × H]): one chunk's on sm_75; from sm_80 on, where the pipeliner
+# prefetches the next chunks', up to 3, 6 and 3. Fitted to the PTX of the kernels at larger chunks
+# than they now take (in float64 on sm_80, N × h × C = 64 × 16 × 64 used 224256 bytes, this bound
+# 245760; 64 × 32 × 64, 180224 of 294912; in float16, 64 × 64 × 64, 83200 of 98304); the PTX
+# survey (benchmarks/results/ptx-bounds.json) checks that every plan stays within its arch.
+STAGED_TILES = (1, 1, 1)
+STAGED_TILES_PREFETCHED = (3, 6, 3)
+
+
+def _shared_bytes(block_n: int, block_h: int, block_c: int, itemsize: int, target: Target) -> int:
+    """Shared memory the kernels ask for at these blocks on ``target``, at most (bytes)."""
+    nh, nc, ch = STAGED_TILES_PREFETCHED if prefetches(target) else STAGED_TILES
+    return (nh * block_n * block_h + nc * block_n * block_c + ch * block_c * block_h) * itemsize
+
+
+def _block_c(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> int:
+    """Channels per chunk: the tile budget's, halved until the program's shared memory fits the
+    target (at least :data:`MIN_DOT`; :func:`mlp_fits` says where even that does not fit)."""
+    block_n, block_h = _batch_tile(N, h)
+    itemsize = staged_itemsize(branch_dtype, compute, target)
+    block_c = max(MIN_DOT, min(next_pow2(C), _tiles(branch_dtype, compute, target).chunk // max(block_n, block_h)))
+    while block_c > MIN_DOT and _shared_bytes(block_n, block_h, block_c, itemsize, target) > target.shared_bytes:
+        block_c //= 2
+    return block_c
 
 
 def _batch_tile(N: int, h: int) -> tuple[int, int]:
@@ -422,13 +449,21 @@ class MlpPlan(NamedTuple):
 
 def mlp_fits(N: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> str | None:
     """Why one program cannot hold a batch of ``N`` at hidden width ``h`` with the branch in
-    ``branch_dtype`` (statistics in ``compute``) on ``target`` (None when it can)."""
+    ``branch_dtype`` (statistics in ``compute``) on ``target`` (None when it can): its registers
+    hold the [N × h] tiles (padded) up to a budget per kind of tl.dot, its shared memory the
+    tiles of the narrowest chunk."""
     block_n, block_h = _batch_tile(N, h)
     budget = _tiles(branch_dtype, compute, target).batch_tile
     if block_n * block_h > budget:
         return (
             f"a batch of {N} at h={h} ({block_n} × {block_h} padded) is more than the channel branch's one "
             f"program holds in {branch_dtype} ({budget} values)"
+        )
+    shared = _shared_bytes(block_n, block_h, MIN_DOT, staged_itemsize(branch_dtype, compute, target), target)
+    if shared > target.shared_bytes:
+        return (
+            f"a batch of {N} at h={h} in {branch_dtype} needs {shared} bytes of shared memory in the channel "
+            f"branch's one program, more than sm_{target.arch}'s {target.shared_bytes}"
         )
     return None
 
@@ -437,8 +472,7 @@ def mlp_fits(N: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, ta
 def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> MlpPlan:
     """The launch plan of both kernels; cached."""
     block_n, block_h = _batch_tile(N, h)
-    chunk = _tiles(branch_dtype, compute, target).chunk
-    block_c = max(MIN_DOT, min(next_pow2(C), chunk // max(block_n, block_h)))
+    block_c = _block_c(N, C, h, branch_dtype, compute, target)
     u1 = N * C
     a1, u2 = u1 + N * h, u1 + 2 * N * h
     mean1 = u2 + N * C

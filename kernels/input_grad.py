@@ -29,7 +29,7 @@ from .layout import (
     like_layout,
     tl_compute_dtype,
 )
-from .target import Target, all_registers, large_tiles, target_of
+from .target import Target, all_registers, large_tiles, staged_itemsize, target_of
 from .utils import cdiv, compute_dtype, next_pow2
 
 # Programs per SM input_grad's split of the positions aims for: half gate_bwd's, since each split
@@ -56,10 +56,43 @@ LARGE_TILES = Tiles(64, 64, 8)
 SMALL_TILES = Tiles(16, 16, 8)
 
 
-def input_grad_fits(h: int) -> str | None:
-    """Why a reduce convolution to ``h`` channels does not fit a program (None when it does)."""
-    if max(MIN_DOT, next_pow2(h)) > MAX_BLOCK_H:
+# Shared memory beside the staged tl.dot operands: the cross-warp reductions (bytes).
+REDUCTION_SCRATCH = 2048
+
+
+def _shared_bytes(block_h: int, block_c: int, block_p: int, itemsize: int) -> int:
+    """Shared memory a program asks for at these blocks, at most (bytes): g_z0's chunk
+    [BLOCK_H × BLOCK_P] twice (the next one prefetched), x's [BLOCK_P × BLOCK_C] three times (its
+    transpose for gWr's dot besides), and Wrᵀ [BLOCK_C × BLOCK_H], staged for tl.dot; fitted to the
+    PTX (float64 on sm_80 at 64 × 32 × 64 used 106496 bytes, this bound 116736; float32 at
+    64 × 32 × 16, 32768 of 34816). The PTX survey (benchmarks/results/ptx-bounds.json) checks it."""
+    return (2 * block_h * block_p + 3 * block_p * block_c + block_c * block_h) * itemsize + REDUCTION_SCRATCH
+
+
+def _tiles(dot_dtype: torch.dtype, target: Target) -> Tiles:
+    return LARGE_TILES if large_tiles(dot_dtype, target) else SMALL_TILES
+
+
+def _block_p(dtype: torch.dtype, tiles: Tiles) -> int:
+    """Positions per chunk: the tiles' for 2-byte x, half that for wider x (at least tl.dot's 16)."""
+    return max(MIN_DOT, tiles.block_p if dtype.itemsize <= 2 else tiles.block_p // 2)
+
+
+def input_grad_fits(h: int, dtype: torch.dtype, dot_dtype: torch.dtype, target: Target) -> str | None:
+    """Why a reduce convolution to ``h`` channels, for x of ``dtype`` and the convolution in
+    ``dot_dtype``, does not fit a program on ``target`` (None when it does): its registers hold
+    Wrᵀ and gWr's accumulator up to :data:`MAX_BLOCK_H` channels, its shared memory the staged tiles."""
+    block_h = max(MIN_DOT, next_pow2(h))
+    if block_h > MAX_BLOCK_H:
         return f"input_grad holds the reduce convolution's weight for at most {MAX_BLOCK_H} channels, not h={h}"
+    tiles = _tiles(dot_dtype, target)
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    shared = _shared_bytes(block_h, tiles.block_c, MIN_DOT, itemsize)
+    if shared > target.shared_bytes:
+        return (
+            f"input_grad needs {shared} bytes of shared memory at h={h} in {dtype}, "
+            f"more than sm_{target.arch}'s {target.shared_bytes}"
+        )
     return None
 
 
@@ -209,8 +242,13 @@ def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGr
 def _input_grad_plan(shape, strides, dtype, target: Target, h: int, dot_dtype) -> InputGradPlan:
     N, C, H, W = shape
     total = N * H * W
-    tiles = LARGE_TILES if large_tiles(dot_dtype, target) else SMALL_TILES
-    block_p = max(MIN_DOT, tiles.block_p if dtype.itemsize <= 2 else tiles.block_p // 2)
+    tiles = _tiles(dot_dtype, target)
+    block_h = max(MIN_DOT, next_pow2(h))
+    block_p = _block_p(dtype, tiles)
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    # Shorter chunks where the staged tiles would pass the target's shared memory.
+    while block_p > MIN_DOT and _shared_bytes(block_h, tiles.block_c, block_p, itemsize) > target.shared_bytes:
+        block_p //= 2
     c_blocks = cdiv(C, tiles.block_c)
     chunks = cdiv(total, block_p)
     # Enough programs to fill the GPU, each split at least one chunk.
@@ -228,7 +266,7 @@ def _input_grad_plan(shape, strides, dtype, target: Target, h: int, dot_dtype) -
         meta={
             "BLOCK_C": tiles.block_c,
             "BLOCK_P": block_p,
-            "BLOCK_H": max(MIN_DOT, next_pow2(h)),
+            "BLOCK_H": block_h,
             **dot_meta(dot_dtype),
             "INT64": layout_of(shape, strides).int64,
             "COMPUTE": tl_compute_dtype(dtype),

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype
-from .target import Target, large_tiles, target_of
+from .target import Target, large_tiles, prefetches, staged_itemsize, target_of
 from .utils import cdiv, compute_dtype, next_pow2
 
 # Positions per program, at most.
@@ -49,14 +49,39 @@ def _tiles(dtype: torch.dtype, dot_dtype: torch.dtype, target: Target) -> tuple[
     return tiles, tiles.acc_bytes // compute_dtype(dtype).itemsize
 
 
+# Shared memory beside the staged tl.dot operands: the channel sums' cross-warp reduction (bytes).
+REDUCTION_SCRATCH = 2048
+
+
+def _shared_bytes(block_h: int, block_c: int, block_hw: int, itemsize: int, target: Target) -> int:
+    """Shared memory a program asks for at these blocks on ``target``, at most (bytes): Wr's and x's
+    chunks [BLOCK_H × BLOCK_C] and [BLOCK_C × BLOCK_HW] staged for tl.dot, two chunks' from sm_80 on
+    (the next one prefetched). The PTX survey (benchmarks/results/ptx-bounds.json) checks it."""
+    copies = 2 if prefetches(target) else 1
+    return copies * (block_h * block_c + block_c * block_hw) * itemsize + REDUCTION_SCRATCH
+
+
 def pool_reduce_fits(h: int, dtype: torch.dtype, dot_dtype: torch.dtype, target: Target) -> str | None:
-    """Why a reduce to ``h`` channels does not fit one program's accumulator (None when it does): at
-    the narrowest position block (16) [BLOCK_H × 16] must stay within it."""
-    _, acc_values = _tiles(dtype, dot_dtype, target)
+    """Why a reduce to ``h`` channels does not fit one program (None when it does): at the
+    narrowest position block (16) [BLOCK_H × 16] must stay within its accumulator, and its staged
+    chunks within the target's shared memory."""
+    tiles, acc_values = _tiles(dtype, dot_dtype, target)
     block_h = max(MIN_DOT, next_pow2(h))
     if block_h * MIN_DOT > acc_values:
         return f"pool_reduce holds z0 for at most {acc_values // MIN_DOT} reduce channels in {dtype}, not h={h}"
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    shared = _shared_bytes(block_h, _block_c(dtype, tiles), MIN_DOT, itemsize, target)
+    if shared > target.shared_bytes:
+        return (
+            f"pool_reduce needs {shared} bytes of shared memory at h={h} in {dtype}, "
+            f"more than sm_{target.arch}'s {target.shared_bytes}"
+        )
     return None
+
+
+def _block_c(dtype: torch.dtype, tiles: Tiles) -> int:
+    """Channels per chunk: the tiles' for 2-byte x, half that for wider x (at least tl.dot's 16)."""
+    return max(MIN_DOT, tiles.block_c if dtype.itemsize <= 2 else tiles.block_c // 2)
 
 
 @triton.jit
@@ -131,8 +156,12 @@ def pool_reduce_plan(
     N, C, H, W = shape
     block_h = max(MIN_DOT, next_pow2(h))
     tiles, acc_values = _tiles(dtype, dot_dtype, target)
+    block_c = _block_c(dtype, tiles)
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
     block_hw = max(MIN_DOT, min(MAX_BLOCK_HW, next_pow2(H * W), acc_values // block_h))
-    block_c = max(MIN_DOT, tiles.block_c if dtype.itemsize <= 2 else tiles.block_c // 2)
+    # Narrower position blocks where the staged chunks would pass the target's shared memory.
+    while block_hw > MIN_DOT and _shared_bytes(block_h, block_c, block_hw, itemsize, target) > target.shared_bytes:
+        block_hw //= 2
     hw_blocks = cdiv(H * W, block_hw)
     return PoolReducePlan(
         grid=(N * hw_blocks,),

@@ -97,3 +97,16 @@ def all_registers(num_warps: int) -> dict:
     that two fit an SM, and spills instead: the plans size their tiles to the registers, not to
     occupancy."""
     return {"num_warps": num_warps, "maxnreg": min(THREAD_REGISTERS, PROGRAM_REGISTERS // (32 * num_warps))}
+
+
+def prefetches(target: Target) -> bool:
+    """Whether Triton's pipeliner prefetches a loop's next tl.dot operands into shared memory
+    beside the current ones (cp.async, from sm_80 on; the interpreter plans as sm_80 would), so that
+    a plan's shared memory holds several chunks' tiles rather than one's."""
+    return (target.arch or _INTERPRETER_PLANS_AS) >= 80
+
+
+def staged_itemsize(dot_dtype: torch.dtype, compute: torch.dtype, target: Target) -> int:
+    """Bytes per value of the tl.dot operands a plan stages in shared memory: the dot's dtype on
+    tensor cores (:func:`large_tiles`), else the compute dtype the FMA dot converts them to."""
+    return dot_dtype.itemsize if large_tiles(dot_dtype, target) else compute.itemsize

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from bam_fused.common import RESNET50_BAM_SHAPES
+
 SCRIPT = """
 import json, sys
 from dataclasses import asdict
@@ -109,3 +111,35 @@ def test_cli_writes_ptx(tmp_path):
     ptx = sorted(p.name for p in tmp_path.iterdir())
     assert len(ptx) == GATE_KERNELS + MODULE_KERNELS and all(p.endswith("channels_last-sm_90.ptx") for p in ptx)
     assert "ld.global.v4.b32" in (tmp_path / ptx[0]).read_text()
+
+
+@pytest.mark.slow
+def test_every_launch_fits_every_arch(tmp_path):
+    """Every launch the plans would make, for every arch triton compiles that users have, at the
+    ResNet-50/101, CIFAR and test shapes in every dtype and layout: no register spilled and no
+    more shared memory than the arch has. A configuration the kernels' ``*_fits`` functions route to
+    the per-op path is not launched, so not compiled: it is listed with its reason. The default
+    survey, as ``benchmarks/results/ptx-bounds.json`` holds it."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "bounds.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ptx_report", "--survey", str(out), "--check", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-5000:]
+    table = json.loads(out.read_text())
+    assert table["out_of_bounds"] == [] and table["launches"], proc.stdout
+    archs = {row["arch"] for row in table["launches"]}
+    assert archs == {75, 80, 86, 89, 90, 100, 120}
+    for row in table["launches"]:
+        assert row["spill_bytes"] == 0 and row["shared_bytes"] <= row["shared_limit"], row
+    # What trains takes the fused path at the ResNet-50 shapes: float16 and float32 on every arch,
+    # bfloat16 where it has tensor cores (from sm_80; sm_75 converts it in software). float64, for
+    # gradcheck, takes the per-op path where its batch tile does not fit one program's registers.
+    for r in table["routed"]:
+        assert r["routed"], r
+        if tuple(r["shape"]) in RESNET50_BAM_SHAPES:
+            assert r["dtype"] == "fp64" or (r["dtype"] == "bf16" and r["arch"] == 75), r
