@@ -332,13 +332,6 @@ def _reduction(shape: tuple) -> int:
     return TEST_REDUCTION if shape in TEST_BAM_SHAPES else NETWORK_REDUCTION
 
 
-# Triton 3.6 lowers these kernels for sm_86 and sm_89 to the PTX it emits for sm_80, but for the
-# .target line (it branches on the arch at 80, 89 for fp8, 90 and 100): a survey of sm_80 too has
-# ptxas assemble sm_80's PTX for them (registers and spills are ptxas's; shared memory is fixed
-# before PTX) instead of compiling each launch again.
-PTX_OF_SM80 = (86, 89)
-
-
 def survey(
     archs=tuple(SHARED_BYTES),
     shapes=SURVEY_SHAPES,
@@ -350,11 +343,11 @@ def survey(
 ) -> list[dict]:
     """Every launch of the gate (in ``gate_modes``, and stage one for an expanded g) and of a
     FusedBAM training step, for each arch × shape × dtype × layout × variant, planned for its arch
-    as on that GPU and compiled for it (launches Triton specialises alike compiled once, sm_86/89
-    from sm_80's PTX: :data:`PTX_OF_SM80`; the archs spread over ``workers`` processes): a record
-    per launch with its block, registers, spill bytes, shared bytes and the arch's
-    ``shared_limit``; a record with ``routed`` (the reason) per configuration the fused path sends
-    the per-op way, whose kernels are not compiled."""
+    as on that GPU and compiled for it (launches Triton specialises alike compiled once; the archs
+    spread over ``workers`` processes): a record per launch with its block, registers, spill
+    bytes, shared bytes and the arch's ``shared_limit``; a record with ``routed`` (the reason) per
+    configuration the fused path sends the per-op way, whose kernels are not compiled. (sm_86 and
+    sm_89 are compiled, not assembled from sm_80's PTX: Triton 3.6's differs for some launches.)"""
     one_arch = functools.partial(
         _survey_arch,
         shapes=tuple(shapes),
@@ -363,24 +356,17 @@ def survey(
         variants=tuple(variants),
         gate_modes=tuple(gate_modes),
     )
-    borrowing = [a for a in archs if a in PTX_OF_SM80 and 80 in archs]
-    per_arch = _map(one_arch, [a for a in archs if a not in borrowing], workers)
-    sm80 = next((compiled for arch, (_, compiled) in zip(archs, per_arch) if arch == 80), {})
-    per_arch += _map(functools.partial(one_arch, sm80=sm80), borrowing, workers)
-    return [record for records, _ in per_arch for record in records]
-
-
-def _map(fn, archs: list, workers: int) -> list:
     if workers > 1 and len(archs) > 1:
         # Forked: the parent's kernels and Triton set-up are the children's.
         with multiprocessing.get_context("fork").Pool(min(workers, len(archs))) as pool:
-            return pool.map(fn, archs, chunksize=1)
-    return list(map(fn, archs))
+            per_arch = pool.map(one_arch, archs, chunksize=1)
+    else:
+        per_arch = list(map(one_arch, archs))
+    return [record for records in per_arch for record in records]
 
 
-def _survey_arch(arch: int, shapes, dtypes, layouts, variants, gate_modes, sm80=None) -> tuple[list[dict], dict]:
-    """:func:`survey`'s records for one arch, and sm_80's compiled launches (with their PTX, by
-    their specialisation key less the arch) for the archs that borrow them; ``sm80``: those."""
+def _survey_arch(arch: int, shapes, dtypes, layouts, variants, gate_modes) -> list[dict]:
+    """:func:`survey`'s records for one arch."""
     records, jobs = [], {}  # jobs: specialisation key → (kernel, args, kwargs)
     with planned_for(arch_target(arch)):
         for shape, dtype, layout in itertools.product(shapes, dtypes, layouts):
@@ -402,18 +388,14 @@ def _survey_arch(arch: int, shapes, dtypes, layouts, variants, gate_modes, sm80=
                 records.append(record | {"stores_bulk": kwargs.get("STORE_GX", True), "key": key})
     compiled = {}
     for key, (fn, args, kwargs) in jobs.items():
-        borrowed = (sm80 or {}).get(key[:-1])
-        if borrowed is None:
-            compiled[key] = compile_launch(fn, args, kwargs, arch)
-        else:
-            compiled[key] = _resources(borrowed["ptx"], *_ptxas(borrowed["ptx"], arch), borrowed["shared_bytes"])
+        compiled[key] = compile_launch(fn, args, kwargs, arch)
     for record in records:
         if "key" in record:
             key = record.pop("key")
             threads = 32 * dict(key[4])["num_warps"]
             resources = {k: v for k, v in compiled[key].items() if k != "ptx"}
             record |= resources | {"shared_limit": SHARED_BYTES[arch], "threads": threads}
-    return records, ({key[:-1]: c for key, c in compiled.items()} if arch == 80 else {})
+    return records
 
 
 def out_of_bounds(records: list[dict]) -> list[dict]:

@@ -46,9 +46,10 @@ class Tiles(NamedTuple):
 LARGE_TILES = Tiles(4096, 8192)
 # FMA dots hold whole rows and columns of their operands per thread: 1024-value chunks (with 4096
 # fp32 spilled 3.5-6.8 KB at 64 × 64); 64 × 64 in fp32, and less where the same spilled — in
-# fp64 64 × 32 (36-196 B) and 128 × 16; in bf16 on sm_75, which converts it in software, 64 × 64 (508 B).
+# fp64 64 × 32 (36-196 B) and 128 × 16, and its chunks 512 values (1024 spilled 8-16 B on sm_86 to
+# sm_120 at 16 × 16 × 64); in bf16 on sm_75, which converts it in software, 64 × 64 (508 B).
 SMALL_TILES = Tiles(1024, 4096)
-SMALL_TILES_FP64 = Tiles(1024, 1024)
+SMALL_TILES_FP64 = Tiles(512, 1024)
 SMALL_TILES_BF16 = Tiles(1024, 2048)
 
 

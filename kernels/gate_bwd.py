@@ -41,7 +41,7 @@ from .layout import (
     tile_shape,
     tl_compute_dtype,
 )
-from .target import PROGRAM_REGISTERS, Target, target_of
+from .target import Target, all_registers, target_of
 from .utils import cdiv, compute_dtype
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
@@ -51,11 +51,6 @@ from .utils import cdiv, compute_dtype
 # among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
 BWD_TILE_BYTES = 4096
 GATE_BWD_PROGRAMS_PER_SM = 4
-# Where stage one runs as tuned: on sm_80 and sm_90 in 2- and 4-byte dtypes ptxas's own register
-# choice stands (no spill there). Elsewhere it spilled 8-16 B (bf16/fp16 on sm_75/86/89/120, fp64
-# on sm_75-100) keeping more programs per SM than the split asks for: the cap is the registers
-# GATE_BWD_PROGRAMS_PER_SM programs leave each thread.
-TUNED_ARCHS = (80, 90)
 # Outputs per program of the reduction (stage two).
 REDUCE_BLOCK = 1024
 
@@ -197,13 +192,6 @@ def gate_bwd_reduce_kernel(
         _sum_parts(part_ptr + gms_part_offset, gms_ptr, gms_start, gms_numel, P_hw, HW, BLOCK, EMULATE_MS)
 
 
-def _register_cap(dtype: torch.dtype, target: Target, num_warps: int) -> dict:
-    """Stage one's maxnreg launch option (see TUNED_ARCHS), or none."""
-    if target.arch in TUNED_ARCHS and dtype.itemsize <= 4:
-        return {}
-    return {"maxnreg": PROGRAM_REGISTERS // (GATE_BWD_PROGRAMS_PER_SM * 32 * num_warps)}
-
-
 class BwdConfig(NamedTuple):
     """The backward's tuning knobs."""
 
@@ -300,8 +288,7 @@ def _bwd_plan(shape, strides, dtype, target: Target, config, force_int64) -> Bwd
             "INT64": lay.int64 or force_int64,
             "COMPUTE": tl_compute_dtype(dtype),
             "NUM_STAGES": cfg.num_stages,
-            "num_warps": cfg.num_warps,
-            **_register_cap(dtype, target, cfg.num_warps),
+            **all_registers(cfg.num_warps),
         },
         reduce_programs=(cdiv(N * C, cfg.reduce_block), cdiv(N * HW, cfg.reduce_block)),
         reduce_args=(gmc_part_offset, gms_part_offset, C, HW, P_c, P_hw, N * C, N * HW),
