@@ -52,8 +52,9 @@ class Tiles(NamedTuple):
 # Tensor-core dots: [64 × 64] tiles of g, x, s and gx at once, eight warps (four spilled in fp32).
 LARGE_TILES = Tiles(64, 64, 8)
 # FMA dots hold whole rows and columns of their operands per thread (Wrᵀ's loaded once for the walk):
-# [16 × 16] tiles. With [64 × 32] ones fp32 spilled 8-784 B and fp64 up to 23 KB.
-SMALL_TILES = Tiles(16, 16, 8)
+# [16 × 16] tiles (with [64 × 32] ones fp32 spilled 8-784 B and fp64 up to 23 KB), two warps, so
+# that each thread moves 16 bytes of g, x and gx at once (eight warps: one value, no 128-bit access).
+SMALL_TILES = Tiles(16, 16, 2)
 
 
 # Shared memory beside the staged tl.dot operands: the cross-warp reductions (bytes).

@@ -43,15 +43,15 @@ def default_reports(reports):
 
 
 # The gate: forward and stage one per mode, the reduction once, stage one for y.sum()'s expanded g.
-# The module (fp16/bf16/fp32; fp64 is for the gate's gradcheck): pool_reduce, channel_mlp fwd and
-# bwd, stage one without gx, input_grad and its reduction, per variant.
+# The module, in every dtype (float64's batch tile holds bam1's 64 × 16): pool_reduce, channel_mlp
+# fwd and bwd, stage one without gx, input_grad and its reduction, per variant.
 GATE_KERNELS = 2 * 5 + 1 + 1
 MODULE_KERNELS = 6 * 2
 
 
 def test_every_kernel_compiles(default_reports):
     kernels = {(r["arch"], r["dtype"], r["layout"], r["kernel"], r["mode"]) for r in default_reports}
-    assert len(kernels) == 2 * 2 * (4 * GATE_KERNELS + 3 * MODULE_KERNELS)
+    assert len(kernels) == 2 * 2 * 4 * (GATE_KERNELS + MODULE_KERNELS)
     for r in default_reports:
         assert r["registers"] > 0, r
         # The target arch in the dtypes that run for speed; sm_80's ptxas and float64 (gradcheck
