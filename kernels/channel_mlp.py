@@ -63,16 +63,15 @@ def _tiles(branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> T
 
 # Tiles of tl.dot operands the backward (the larger of the two) keeps in shared memory at once, by
 # kind ([N × H], [N × C], [C × H]): one chunk's on sm_75; from sm_80 on, where the pipeliner
-# prefetches the next chunks', up to 3, 6 and 3. Fitted to the PTX of the kernels at larger chunks
-# than they now take (in float64 on sm_80, N × h × C = 64 × 16 × 64 used 224256 bytes, this bound
-# 245760; 64 × 32 × 64, 180224 of 294912; in float16, 64 × 64 × 64, 83200 of 98304); the PTX
-# survey (benchmarks/results/ptx-bounds.json) checks that every plan stays within its arch.
+# prefetches the next chunks', up to 3, 6 and 3. An estimate fitted to earlier PTX, not a bound:
+# over benchmarks/results/ptx-bounds.json the compiled backward used up to 1.5× it on sm_75 and
+# 1.09× from sm_80 on (every launch there within its arch's shared memory; the survey checks).
 STAGED_TILES = (1, 1, 1)
 STAGED_TILES_PREFETCHED = (3, 6, 3)
 
 
 def _shared_bytes(block_n: int, block_h: int, block_c: int, itemsize: int, target: Target) -> int:
-    """Shared memory the kernels ask for at these blocks on ``target``, at most (bytes)."""
+    """Shared memory the kernels ask for at these blocks on ``target``, estimated (bytes)."""
     nh, nc, ch = STAGED_TILES_PREFETCHED if prefetches(target) else STAGED_TILES
     return (nh * block_n * block_h + nc * block_n * block_c + ch * block_c * block_h) * itemsize
 

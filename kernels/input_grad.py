@@ -62,11 +62,11 @@ REDUCTION_SCRATCH = 2048
 
 
 def _shared_bytes(block_h: int, block_c: int, block_p: int, itemsize: int) -> int:
-    """Shared memory a program asks for at these blocks, at most (bytes): g_z0's chunk
+    """Shared memory a program asks for at these blocks, estimated (bytes): g_z0's chunk
     [BLOCK_H × BLOCK_P] twice (the next one prefetched), x's [BLOCK_P × BLOCK_C] three times (its
-    transpose for gWr's dot besides), and Wrᵀ [BLOCK_C × BLOCK_H], staged for tl.dot; fitted to the
-    PTX (float64 on sm_80 at 64 × 32 × 64 used 106496 bytes, this bound 116736; float32 at
-    64 × 32 × 16, 32768 of 34816). The PTX survey (benchmarks/results/ptx-bounds.json) checks it."""
+    transpose for gWr's dot besides), and Wrᵀ [BLOCK_C × BLOCK_H], staged for tl.dot. Not a bound:
+    over benchmarks/results/ptx-bounds.json the kernel used up to 1.19-1.28× it on sm_80-sm_120 and
+    2.94× on sm_100 (within their shared memory; the survey checks)."""
     return (2 * block_h * block_p + 3 * block_p * block_c + block_c * block_h) * itemsize + REDUCTION_SCRATCH
 
 
