@@ -47,6 +47,7 @@ default; past it, fullgraph=True raises, otherwise the instance runs eagerly). I
 network each FusedBAM is traced once anyway.
 """
 
+import functools
 import itertools
 import operator
 import weakref
@@ -56,7 +57,7 @@ import torch
 from torch import nn
 
 from .branches import ChannelGate, SpatialGate
-from .common import FLOAT_DTYPES
+from .common import FLOAT_DTYPES, compute_dtype
 from .fused_bam import step_on_meta
 from .fused_call import BatchNormMode, FusedCall, LayerSpec, Parts, run_order
 from .fused_op import op_args, op_call
@@ -256,7 +257,7 @@ def check_fused_path(module, x: torch.Tensor) -> "FusedCall | str":
 def plan_fused_call(module, x: torch.Tensor) -> "FusedCall | str":
     """:func:`check_fused_path` without the checks of where and how the call runs (the kernels'
     device, tracers, transforms, global hooks): what the kernels would be launched with, also on
-    meta tensors (``python -m bam_fused.kernels.ptx_report`` compiles them so)."""
+    meta tensors (``python -m benchmarks.ptx_report`` compiles them so)."""
     planned = _plan(module, x)
     return planned if isinstance(planned, str) else planned[0]
 
@@ -284,17 +285,40 @@ def _plan(module, x: torch.Tensor, check: "_Check | None" = None) -> "tuple[Fuse
     if isinstance(dtypes, str):
         return dtypes
     N, _, H, W = x.shape
-    if s.fc0 is not None:
-        from .kernels.channel_mlp import mlp_fits
+    from .kernels.target import target_of
 
-        if not mlp_fits(N, s.fc0.out_features):
-            return f"a batch of {N} at h={s.fc0.out_features} is more than one program holds for the channel branch"
+    mlp_hidden = s.fc0.out_features if s.fc0 is not None else 0
+    too_big = _kernels_blocker(mlp_hidden, s.hidden, N, x.dtype, dtypes[0], target_of(x.device))
+    if too_big is not None:
+        return too_big
     params, buffers = tensors
     plan = check.batch_norm_plan(buffers, N, H, W)
     if isinstance(plan, str):
         return plan
     modes, running, counts, error, kernel_modes = plan
     return FusedCall(s.spec, modes, module.combine, *dtypes, params, running, counts, error), s.kernel_key, kernel_modes
+
+
+@functools.lru_cache(maxsize=256)
+def _kernels_blocker(
+    mlp_hidden: int, reduce_hidden: int, N: int, x_dtype: torch.dtype, branch_dtype: torch.dtype, target
+) -> str | None:
+    """Why a program of the kernels cannot hold this call on ``target`` (None when they all can):
+    the channel branch's one program a batch of N at width ``mlp_hidden``, pool_reduce and
+    input_grad a reduce convolution to ``reduce_hidden`` channels (0: the branch is absent)."""
+    from .kernels.channel_mlp import mlp_fits
+    from .kernels.input_grad import input_grad_fits
+    from .kernels.pool_reduce import pool_reduce_fits
+
+    reasons = []
+    if mlp_hidden:
+        reasons.append(mlp_fits(N, mlp_hidden, branch_dtype, compute_dtype(x_dtype), target))
+    if reduce_hidden:
+        reasons += [
+            pool_reduce_fits(reduce_hidden, x_dtype, branch_dtype, target),
+            input_grad_fits(reduce_hidden, x_dtype, branch_dtype, target),
+        ]
+    return next((r for r in reasons if r is not None), None)
 
 
 def traced_fused_call(module, x: torch.Tensor) -> "FusedCall | str":

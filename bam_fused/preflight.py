@@ -40,8 +40,10 @@ def kernels_unavailable(
         answer = _answers[key]
     else:
         from .kernels.layout import CompiledForGPU, captured_launches, load_launch
+        from .kernels.target import planned_for, target_of
 
-        with captured_launches() as launches, _apart():
+        # Planned for x's device, as the real launches will be, though captured on meta tensors.
+        with captured_launches() as launches, planned_for(target_of(device)), _apart():
             step()
         answer = None
         for kernel, args, kwargs in launches:

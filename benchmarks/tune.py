@@ -26,7 +26,7 @@ import torch
 
 from bam_fused.common import DTYPES, RESNET50_BAM_SHAPES
 from bam_fused.kernels import bwd_config, fwd_config, gate_bwd, gate_fwd
-from bam_fused.kernels.layout import multiprocessor_count
+from bam_fused.kernels.target import target_of
 
 from .bandwidth import copy_gbps, gate_bytes_min
 from .timing import interleave, measure
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     size = dtype.itemsize
     roof = copy_gbps(device, "do_bench")
     final_rounds = 2 if args.quick else FINAL_ROUNDS
-    sms = multiprocessor_count(device)
+    sms = target_of(device).sms
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}  copy {roof:.0f} GB/s")
     records = []
     shapes = RESNET50_BAM_SHAPES[:1] if args.quick else RESNET50_BAM_SHAPES

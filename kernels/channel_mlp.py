@@ -25,13 +25,71 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import next_pow2
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import launch_guard, tl_dtype
+from .target import Target, all_registers, large_tiles, prefetches, staged_itemsize, target_of
+from .utils import next_pow2
 
-# The batch and the hidden width live in registers: [BLOCK_N × BLOCK_H] up to this many values.
-MAX_BATCH_TILE = 16384
+# The one program holds the batch × hidden tiles [BLOCK_N × BLOCK_H] (u1, a1, their gradients) in
+# registers, the channels streaming through in chunks [BLOCK_N × BLOCK_C] and [BLOCK_C × BLOCK_H].
 MLP_WARPS = 8
+
+
+class Tiles(NamedTuple):
+    """How much one program holds, for one kind of tl.dot (see :func:`bam_fused.kernels.target.large_tiles`)."""
+
+    chunk: int  # values of a chunk tile: BLOCK_C = chunk // max(BLOCK_N, BLOCK_H), at least 16
+    batch_tile: int  # values of [BLOCK_N × BLOCK_H], at most: a larger batch or width takes the per-op path
+
+
+# Tensor-core dots: 4096-value chunks; up to 128 × 64 or 256 × 32 (256 × 64 spilled 148 B-1.3 KB).
+LARGE_TILES = Tiles(4096, 8192)
+# FMA dots hold whole rows and columns of their operands per thread: 1024-value chunks (with 4096
+# fp32 spilled 3.5-6.8 KB at 64 × 64); 64 × 64 in fp32, and less where the same spilled — in
+# fp64 64 × 32 (36-196 B) and 128 × 16, and its chunks 512 values (1024 spilled 8-16 B on sm_86 to
+# sm_120 at 16 × 16 × 64); in bf16 on sm_75, which converts it in software, 64 × 64 (508 B).
+SMALL_TILES = Tiles(1024, 4096)
+SMALL_TILES_FP64 = Tiles(512, 1024)
+SMALL_TILES_BF16 = Tiles(1024, 2048)
+
+
+def _tiles(branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> Tiles:
+    if large_tiles(branch_dtype, target):
+        return LARGE_TILES
+    if compute == torch.float64:
+        return SMALL_TILES_FP64
+    return SMALL_TILES_BF16 if branch_dtype == torch.bfloat16 else SMALL_TILES
+
+
+# Tiles of tl.dot operands the backward (the larger of the two) keeps in shared memory at once, by
+# kind ([N × H], [N × C], [C × H]): one chunk's on sm_75; from sm_80 on, where the pipeliner
+# prefetches the next chunks', up to 3, 6 and 3. An estimate fitted to earlier PTX, not a bound:
+# over benchmarks/results/ptx-bounds.json the compiled backward used up to 1.5× it on sm_75 and
+# 1.09× from sm_80 on (every launch there within its arch's shared memory; the survey checks).
+STAGED_TILES = (1, 1, 1)
+STAGED_TILES_PREFETCHED = (3, 6, 3)
+
+
+def _shared_bytes(block_n: int, block_h: int, block_c: int, itemsize: int, target: Target) -> int:
+    """Shared memory the kernels ask for at these blocks on ``target``, estimated (bytes)."""
+    nh, nc, ch = STAGED_TILES_PREFETCHED if prefetches(target) else STAGED_TILES
+    return (nh * block_n * block_h + nc * block_n * block_c + ch * block_c * block_h) * itemsize
+
+
+def _block_c(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> int:
+    """Channels per chunk: the tile budget's, halved until the program's shared memory fits the
+    target (at least :data:`MIN_DOT`; :func:`mlp_fits` says where even that does not fit)."""
+    block_n, block_h = _batch_tile(N, h)
+    itemsize = staged_itemsize(branch_dtype, compute, target)
+    block_c = max(MIN_DOT, min(next_pow2(C), _tiles(branch_dtype, compute, target).chunk // max(block_n, block_h)))
+    while block_c > MIN_DOT and _shared_bytes(block_n, block_h, block_c, itemsize, target) > target.shared_bytes:
+        block_c //= 2
+    return block_c
+
+
+def _batch_tile(N: int, h: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_H): the batch and the hidden width padded for tl.dot."""
+    return max(MIN_DOT, next_pow2(N)), max(MIN_DOT, next_pow2(h))
 
 
 @triton.jit
@@ -389,17 +447,32 @@ class MlpPlan(NamedTuple):
     out_numel: int
 
 
-def mlp_fits(N: int, h: int) -> bool:
-    """Whether one program can hold the batch: [N × h] (padded) within MAX_BATCH_TILE values."""
-    return max(MIN_DOT, next_pow2(N)) * max(MIN_DOT, next_pow2(h)) <= MAX_BATCH_TILE
+def mlp_fits(N: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> str | None:
+    """Why one program cannot hold a batch of ``N`` at hidden width ``h`` with the branch in
+    ``branch_dtype`` (statistics in ``compute``) on ``target`` (None when it can): its registers
+    hold the [N × h] tiles (padded) up to a budget per kind of tl.dot, its shared memory the
+    tiles of the narrowest chunk."""
+    block_n, block_h = _batch_tile(N, h)
+    budget = _tiles(branch_dtype, compute, target).batch_tile
+    if block_n * block_h > budget:
+        return (
+            f"a batch of {N} at h={h} ({block_n} × {block_h} padded) is more than the channel branch's one "
+            f"program holds in {branch_dtype} ({budget} values)"
+        )
+    shared = _shared_bytes(block_n, block_h, MIN_DOT, staged_itemsize(branch_dtype, compute, target), target)
+    if shared > target.shared_bytes:
+        return (
+            f"a batch of {N} at h={h} in {branch_dtype} needs {shared} bytes of shared memory in the channel "
+            f"branch's one program, more than sm_{target.arch}'s {target.shared_bytes}"
+        )
+    return None
 
 
 @functools.lru_cache(maxsize=1024)
-def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype) -> MlpPlan:
+def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> MlpPlan:
     """The launch plan of both kernels; cached."""
-    block_n, block_h = max(MIN_DOT, next_pow2(N)), max(MIN_DOT, next_pow2(h))
-    # A [BLOCK_N × BLOCK_C] chunk and a [BLOCK_C × BLOCK_H] weight tile next to the [N × h] ones.
-    block_c = max(MIN_DOT, min(next_pow2(C), 4096 // max(block_n, block_h)))
+    block_n, block_h = _batch_tile(N, h)
+    block_c = _block_c(N, C, h, branch_dtype, compute, target)
     u1 = N * C
     a1, u2 = u1 + N * h, u1 + 2 * N * h
     mean1 = u2 + N * C
@@ -412,7 +485,7 @@ def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.d
             "BRANCH": tl_dtype(branch_dtype),
             **dot_meta(branch_dtype),
             "COMPUTE": tl_dtype(compute),
-            "num_warps": MLP_WARPS,
+            **all_registers(MLP_WARPS),
         },
         save_offsets=(u1, a1, u2, mean1, mean2),
         out_numel=mean2 + 2 * C,
@@ -442,7 +515,7 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
     """
     N, C = p.shape
     h = w1.shape[0]
-    plan = mlp_plan(N, C, h, branch_dtype, p.dtype)
+    plan = mlp_plan(N, C, h, branch_dtype, p.dtype, target_of(p.device))
     out = torch.empty(plan.out_numel, device=p.device, dtype=p.dtype)
     some = bn1.weight
     with launch_guard(channel_mlp_fwd_kernel, p.device) as launch:
@@ -488,7 +561,7 @@ def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs
     """
     N, C = p.shape
     h = w1.shape[0]
-    plan = mlp_plan(N, C, h, gmc.dtype, p.dtype)
+    plan = mlp_plan(N, C, h, gmc.dtype, p.dtype, target_of(p.device))
     offsets = tuple(grad_offsets) + ((0, 0) if bnc is None else ())
     with launch_guard(channel_mlp_bwd_kernel, p.device) as launch:
         launch[(1,)](

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import interpreter_requested
 from .layout import tl_dtype
+from .utils import interpreter_requested
 
 # tl.dot needs every dimension ≥ 16 on a GPU (the interpreter takes any): pad and mask.
 MIN_DOT = 16

@@ -28,7 +28,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv, compute_dtype
 from .dot import cast, emulate_bf16
 from .gate_math import COMBINE_CODES, gate_combine_grads, gate_preactivation, gate_sigmoid
 from .layout import (
@@ -39,17 +38,19 @@ from .layout import (
     launch_guard,
     layout_of,
     like_layout,
-    multiprocessor_count,
     tile_shape,
     tl_compute_dtype,
 )
+from .target import Target, all_registers, target_of
+from .utils import cdiv, compute_dtype
 
 # Bytes of x per chunk of the walk (two inputs and an fp32 accumulator live at once), and the
-# programs per SM the split aims for. Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md):
-# 4 KiB chunks and 4 programs/SM had the best mean and the best worst case over the six
-# ResNet-50 shape/layouts among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
+# programs per SM stage one's split of the walked axis aims for (more programs, more partial sums
+# for stage two). Both from tuning sweep 2 on an H200 (benchmarks/NOTES.md): 4 KiB chunks and 4
+# programs/SM had the best mean and the best worst case over the six ResNet-50 shape/layouts
+# among 8/16 KiB chunks, 4/8 warps, 4/16 programs per SM.
 BWD_TILE_BYTES = 4096
-PROGRAMS_PER_SM = 4
+GATE_BWD_PROGRAMS_PER_SM = 4
 # Outputs per program of the reduction (stage two).
 REDUCE_BLOCK = 1024
 
@@ -209,7 +210,7 @@ def bwd_config(
 
     The fast axis gets at most one warp's width of 16-byte vectors (256 bf16, 128 fp32 lanes)
     so that the per-chunk sum along it never leaves a warp; the walked axis gets the rest of a
-    ``tile_bytes`` chunk. The split grows until there are PROGRAMS_PER_SM programs per SM,
+    ``tile_bytes`` chunk. The split grows until there are GATE_BWD_PROGRAMS_PER_SM programs per SM,
     never below one chunk per split. num_stages stays 1 (no prefetch into shared memory) until
     a GPU sweep (``python -m benchmarks.tune``, which varies ``tile_bytes`` too) shows more win.
     """
@@ -219,7 +220,7 @@ def bwd_config(
         ((HW, block_hw), (C, block_c)) if channels_last else ((C, block_c), (HW, block_hw))
     )
     fast_blocks, chunks = cdiv(fast, block_f), cdiv(walk, block_w)
-    splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * num_sms, max(N * fast_blocks, 1))))
+    splits = max(1, min(chunks, cdiv(GATE_BWD_PROGRAMS_PER_SM * num_sms, max(N * fast_blocks, 1))))
     return BwdConfig(block_c, block_hw, splits)
 
 
@@ -252,18 +253,18 @@ class BwdPlan(NamedTuple):
 
 
 def bwd_plan(x: torch.Tensor, config: BwdConfig | None = None, force_int64: bool = False) -> BwdPlan:
-    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`bwd_config`'s), cached:
-    a training step asks for the same few plans on every call. ``force_int64`` takes the 64-bit
-    offset path whatever the size (tests)."""
-    return _bwd_plan(x.shape, x.stride(), x.dtype, x.device, config, force_int64)
+    """The launch plan for ``x`` (N, C, H, W) with ``config`` (None: :func:`bwd_config`'s for x's
+    device), cached: a training step asks for the same few plans on every call. ``force_int64``
+    takes the 64-bit offset path whatever the size (tests)."""
+    return _bwd_plan(x.shape, x.stride(), x.dtype, target_of(x.device), config, force_int64)
 
 
 @functools.lru_cache(maxsize=1024)
-def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
+def _bwd_plan(shape, strides, dtype, target: Target, config, force_int64) -> BwdPlan:
     N, C, H, W = shape
     HW = H * W
     lay = layout_of(shape, strides)
-    cfg = config or bwd_config(N, C, HW, lay.channels_last, dtype.itemsize, multiprocessor_count(device))
+    cfg = config or bwd_config(N, C, HW, lay.channels_last, dtype.itemsize, target.sms)
     walk_is_c = not lay.channels_last
     c_axis, hw_axis = (C, cfg.block_c, lay.stride_c), (HW, cfg.block_hw, lay.stride_hw)
     (walk, block_w, stride_w), (fast, block_f, stride_f) = (c_axis, hw_axis) if walk_is_c else (hw_axis, c_axis)
@@ -287,7 +288,7 @@ def _bwd_plan(shape, strides, dtype, device, config, force_int64) -> BwdPlan:
             "INT64": lay.int64 or force_int64,
             "COMPUTE": tl_compute_dtype(dtype),
             "NUM_STAGES": cfg.num_stages,
-            "num_warps": cfg.num_warps,
+            **all_registers(cfg.num_warps),
         },
         reduce_programs=(cdiv(N * C, cfg.reduce_block), cdiv(N * HW, cfg.reduce_block)),
         reduce_args=(gmc_part_offset, gms_part_offset, C, HW, P_c, P_hw, N * C, N * HW),

@@ -13,9 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
 from .layout import NUM_WARPS, as_kernel_layout, dense, launch_guard, layout_of, tile_shape, tl_compute_dtype
+from .target import all_registers
+from .utils import cdiv
 
 # A forward program's tile holds this many bytes of x: two 16-byte accesses per thread of 4 warps.
 # Small tiles, many programs: on an H200 this beat 8-32 KiB tiles at every ResNet-50 BAM shape
@@ -97,7 +98,7 @@ class FwdPlan(NamedTuple):
 
     grid: tuple
     args: tuple  # the kernel's scalar arguments, in order after the pointers
-    meta: dict  # its block constexprs and num_warps
+    meta: dict  # its block constexprs, num_warps and maxnreg
 
 
 def fwd_plan(x: torch.Tensor, config: FwdConfig | None = None, force_int64: bool = False) -> FwdPlan:
@@ -121,7 +122,7 @@ def _fwd_plan(shape, strides, dtype, config, force_int64) -> FwdPlan:
             "BLOCK_HW": cfg.block_hw,
             "INT64": lay.int64 or force_int64,
             "COMPUTE": tl_compute_dtype(dtype),
-            "num_warps": cfg.num_warps,
+            **all_registers(cfg.num_warps),
         },
     )
 

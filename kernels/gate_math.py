@@ -10,7 +10,7 @@ gradcheck) so that the forward and backward kernels cannot disagree on the formu
 import triton
 import triton.language as tl
 
-from ..common import COMBINES
+from .utils import COMBINES
 
 # The COMBINE constexpr of every kernel: the combine's position in COMBINES.
 COMBINE_SUM: tl.constexpr = tl.constexpr(COMBINES.index("sum"))

@@ -19,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv, compute_dtype, next_pow2
 from .dot import MIN_DOT, dot, dot_meta
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
 from .layout import (
@@ -28,19 +27,74 @@ from .layout import (
     launch_guard,
     layout_of,
     like_layout,
-    multiprocessor_count,
     tl_compute_dtype,
 )
+from .target import Target, all_registers, large_tiles, staged_itemsize, target_of
+from .utils import cdiv, compute_dtype, next_pow2
 
-# Channels per program, and positions per chunk for 2-byte x (half that for 4- and 8-byte x,
-# whose fp32 tl.dot runs on FMA units with more registers: 64 spilled on sm_90).
-BLOCK_C = 64
-BLOCK_P = 64
-# Programs per SM the position split aims for (each split adds h·C partial sums).
-PROGRAMS_PER_SM = 2
+# Programs per SM input_grad's split of the positions aims for: half gate_bwd's, since each split
+# here adds h·C partial sums of gWr to write and reduce (not tuned on a GPU).
+INPUT_GRAD_PROGRAMS_PER_SM = 2
 REDUCE_BLOCK = 1024
-# Eight warps: a [64 × 64] tile of each of g, x, s and gx at once needs them (four spill in fp32).
-INPUT_GRAD_WARPS = 8
+# Wrᵀ [BLOCK_C × BLOCK_H] and gWr's accumulator [BLOCK_H × BLOCK_C] stay in registers up to this
+# many reduce channels: at 128, bf16 spilled on sm_80 and passed sm_86's shared memory, fp64 spilled.
+MAX_BLOCK_H = 64
+
+
+class Tiles(NamedTuple):
+    """A program's tile sizes for one kind of tl.dot (see :func:`bam_fused.kernels.target.large_tiles`)."""
+
+    block_c: int  # channels per program
+    block_p: int  # positions per chunk for 2-byte x (half that for wider x, never below 16)
+    num_warps: int
+
+
+# Tensor-core dots: [64 × 64] tiles of g, x, s and gx at once, eight warps (four spilled in fp32).
+LARGE_TILES = Tiles(64, 64, 8)
+# FMA dots hold whole rows and columns of their operands per thread (Wrᵀ's loaded once for the walk):
+# [16 × 16] tiles (with [64 × 32] ones fp32 spilled 8-784 B and fp64 up to 23 KB), two warps, so
+# that each thread moves 16 bytes of g, x and gx at once (eight warps: one value, no 128-bit access).
+SMALL_TILES = Tiles(16, 16, 2)
+
+
+# Shared memory beside the staged tl.dot operands: the cross-warp reductions (bytes).
+REDUCTION_SCRATCH = 2048
+
+
+def _shared_bytes(block_h: int, block_c: int, block_p: int, itemsize: int) -> int:
+    """Shared memory a program asks for at these blocks, estimated (bytes): g_z0's chunk
+    [BLOCK_H × BLOCK_P] twice (the next one prefetched), x's [BLOCK_P × BLOCK_C] three times (its
+    transpose for gWr's dot besides), and Wrᵀ [BLOCK_C × BLOCK_H], staged for tl.dot. Not a bound:
+    over benchmarks/results/ptx-bounds.json the kernel used up to 1.19-1.28× it on sm_80-sm_120 and
+    2.94× on sm_100 (within their shared memory; the survey checks)."""
+    return (2 * block_h * block_p + 3 * block_p * block_c + block_c * block_h) * itemsize + REDUCTION_SCRATCH
+
+
+def _tiles(dot_dtype: torch.dtype, target: Target) -> Tiles:
+    return LARGE_TILES if large_tiles(dot_dtype, target) else SMALL_TILES
+
+
+def _block_p(dtype: torch.dtype, tiles: Tiles) -> int:
+    """Positions per chunk: the tiles' for 2-byte x, half that for wider x (at least tl.dot's 16)."""
+    return max(MIN_DOT, tiles.block_p if dtype.itemsize <= 2 else tiles.block_p // 2)
+
+
+def input_grad_fits(h: int, dtype: torch.dtype, dot_dtype: torch.dtype, target: Target) -> str | None:
+    """Why a reduce convolution to ``h`` channels, for x of ``dtype`` and the convolution in
+    ``dot_dtype``, does not fit a program on ``target`` (None when it does): its registers hold
+    Wrᵀ and gWr's accumulator up to :data:`MAX_BLOCK_H` channels, its shared memory the staged tiles."""
+    block_h = max(MIN_DOT, next_pow2(h))
+    if block_h > MAX_BLOCK_H:
+        return f"input_grad holds the reduce convolution's weight for at most {MAX_BLOCK_H} channels, not h={h}"
+    tiles = _tiles(dot_dtype, target)
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    shared = _shared_bytes(block_h, tiles.block_c, MIN_DOT, itemsize)
+    if shared > target.shared_bytes:
+        return (
+            f"input_grad needs {shared} bytes of shared memory at h={h} in {dtype}, "
+            f"more than sm_{target.arch}'s {target.shared_bytes}"
+        )
+    return None
 
 
 @triton.jit
@@ -179,17 +233,27 @@ class InputGradPlan(NamedTuple):
     reduce_grid: tuple
 
 
-@functools.lru_cache(maxsize=1024)
 def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGradPlan:
-    """The launch plan for x of ``shape`` (N, C, H, W), ``strides``, ``dtype``, a reduce
-    convolution to ``h`` channels (0: no spatial branch) in ``dot_dtype``; cached."""
+    """The launch plan for x of ``shape`` (N, C, H, W), ``strides``, ``dtype`` on ``device``, a
+    reduce convolution to ``h`` channels (0: no spatial branch) in ``dot_dtype``; cached."""
+    return _input_grad_plan(shape, strides, dtype, target_of(device), h, dot_dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _input_grad_plan(shape, strides, dtype, target: Target, h: int, dot_dtype) -> InputGradPlan:
     N, C, H, W = shape
     total = N * H * W
-    c_blocks = cdiv(C, BLOCK_C)
-    block_p = BLOCK_P if dtype.itemsize <= 2 else BLOCK_P // 2
+    tiles = _tiles(dot_dtype, target)
+    block_h = max(MIN_DOT, next_pow2(h))
+    block_p = _block_p(dtype, tiles)
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    # Shorter chunks where the staged tiles would pass the target's shared memory.
+    while block_p > MIN_DOT and _shared_bytes(block_h, tiles.block_c, block_p, itemsize) > target.shared_bytes:
+        block_p //= 2
+    c_blocks = cdiv(C, tiles.block_c)
     chunks = cdiv(total, block_p)
     # Enough programs to fill the GPU, each split at least one chunk.
-    splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * multiprocessor_count(device), c_blocks)))
+    splits = max(1, min(chunks, cdiv(INPUT_GRAD_PROGRAMS_PER_SM * target.sms, c_blocks)))
     per_split = cdiv(chunks, splits) * block_p
     splits = cdiv(total, per_split) if total else 0
     gb_part_offset = splits * h * C
@@ -201,13 +265,13 @@ def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGr
         part_numel=gb_part_offset + splits * h,
         gb_part_offset=gb_part_offset,
         meta={
-            "BLOCK_C": BLOCK_C,
+            "BLOCK_C": tiles.block_c,
             "BLOCK_P": block_p,
-            "BLOCK_H": max(MIN_DOT, next_pow2(h)),
+            "BLOCK_H": block_h,
             **dot_meta(dot_dtype),
             "INT64": layout_of(shape, strides).int64,
             "COMPUTE": tl_compute_dtype(dtype),
-            "num_warps": INPUT_GRAD_WARPS,
+            **all_registers(tiles.num_warps),
         },
         reduce_grid=(cdiv(h * C, REDUCE_BLOCK) + cdiv(h, REDUCE_BLOCK),),
     )

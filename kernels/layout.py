@@ -20,7 +20,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from ..common import compute_dtype, next_pow2
+from .utils import compute_dtype, next_pow2
 
 # Warps per program of every launch: 4 won every sweep on an H200 (benchmarks/NOTES.md).
 NUM_WARPS = 4
@@ -240,15 +240,3 @@ def load_launch(kernel, args: tuple, kwargs: dict, device: torch.device) -> None
         _check_compiled_can_run(kernel, device)
         with torch.cuda.device(device):
             kernel.warmup(*args, grid=(1,), **kwargs).run  # noqa: B018 (the property loads the binary)
-
-
-def multiprocessor_count(device: torch.device) -> int:
-    """SMs of a CUDA device; 1 elsewhere (the interpreter runs one program at a time)."""
-    if device.type == "cuda":
-        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return 1
-
-
-@functools.cache
-def _cuda_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count

@@ -17,15 +17,72 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import cdiv, compute_dtype, next_pow2
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype
+from .target import Target, large_tiles, prefetches, staged_itemsize, target_of
+from .utils import cdiv, compute_dtype, next_pow2
 
-# Positions per program, at most, and channels per chunk for 2-byte x (half that for wider x):
-# a [64 × 64] tile of x with an [h × 64] accumulator stays in registers for h up to 64
-# (C = 1024, r = 16); fp32 spilled at 64 channels on sm_90.
+# Positions per program, at most.
 MAX_BLOCK_HW = 64
-BLOCK_C = 64
+
+
+class Tiles(NamedTuple):
+    """A program's tile sizes for one kind of tl.dot (see :func:`bam_fused.kernels.target.large_tiles`)."""
+
+    acc_bytes: int  # z0's accumulator [BLOCK_H × BLOCK_HW] in the compute dtype, at most
+    block_c: int  # channels per chunk for 2-byte x (half that for wider x)
+    num_warps: int
+
+
+# Tensor-core dots: a [64 × 64] tile of x beside a 16 KiB fp32 accumulator ([64 × 64] at h = 64,
+# C = 1024), four warps, as tuned on an H200 (benchmarks/NOTES.md).
+LARGE_TILES = Tiles(16384, 64, NUM_WARPS)
+# FMA dots hold whole rows and columns of their operands per thread: half the accumulator,
+# 16-channel chunks (tl.dot's least), eight warps. With the large tiles fp32 spilled 12-172 B and
+# fp64 up to 28 KB; with these, nothing on sm_75 to sm_120 at the ResNet-50 and CIFAR shapes.
+SMALL_TILES = Tiles(8192, 16, 8)
+
+
+def _tiles(dtype: torch.dtype, dot_dtype: torch.dtype, target: Target) -> tuple[Tiles, int]:
+    """The tiles and z0's accumulator in values for x of ``dtype``, the reduce in ``dot_dtype``."""
+    tiles = LARGE_TILES if large_tiles(dot_dtype, target) else SMALL_TILES
+    return tiles, tiles.acc_bytes // compute_dtype(dtype).itemsize
+
+
+# Shared memory beside the staged tl.dot operands: the channel sums' cross-warp reduction (bytes).
+REDUCTION_SCRATCH = 2048
+
+
+def _shared_bytes(block_h: int, block_c: int, block_hw: int, itemsize: int, target: Target) -> int:
+    """Shared memory a program asks for at these blocks on ``target``, estimated (bytes): Wr's and
+    x's chunks [BLOCK_H × BLOCK_C] and [BLOCK_C × BLOCK_HW] staged for tl.dot, two chunks' from sm_80
+    on (the next one prefetched). Not a bound: over benchmarks/results/ptx-bounds.json the kernel
+    used up to 1.21× it on sm_90 and 1.44× on sm_100 (within their shared memory; the survey checks)."""
+    copies = 2 if prefetches(target) else 1
+    return copies * (block_h * block_c + block_c * block_hw) * itemsize + REDUCTION_SCRATCH
+
+
+def pool_reduce_fits(h: int, dtype: torch.dtype, dot_dtype: torch.dtype, target: Target) -> str | None:
+    """Why a reduce to ``h`` channels does not fit one program (None when it does): at the
+    narrowest position block (16) [BLOCK_H × 16] must stay within its accumulator, and its staged
+    chunks within the target's shared memory."""
+    tiles, acc_values = _tiles(dtype, dot_dtype, target)
+    block_h = max(MIN_DOT, next_pow2(h))
+    if block_h * MIN_DOT > acc_values:
+        return f"pool_reduce holds z0 for at most {acc_values // MIN_DOT} reduce channels in {dtype}, not h={h}"
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    shared = _shared_bytes(block_h, _block_c(dtype, tiles), MIN_DOT, itemsize, target)
+    if shared > target.shared_bytes:
+        return (
+            f"pool_reduce needs {shared} bytes of shared memory at h={h} in {dtype}, "
+            f"more than sm_{target.arch}'s {target.shared_bytes}"
+        )
+    return None
+
+
+def _block_c(dtype: torch.dtype, tiles: Tiles) -> int:
+    """Channels per chunk: the tiles' for 2-byte x, half that for wider x (at least tl.dot's 16)."""
+    return max(MIN_DOT, tiles.block_c if dtype.itemsize <= 2 else tiles.block_c // 2)
 
 
 @triton.jit
@@ -93,26 +150,31 @@ class PoolReducePlan(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def pool_reduce_plan(
-    shape: tuple, strides: tuple, dtype: torch.dtype, h: int, dot_dtype: torch.dtype
+    shape: tuple, strides: tuple, dtype: torch.dtype, h: int, dot_dtype: torch.dtype, target: Target
 ) -> PoolReducePlan:
     """The launch plan for x of ``shape`` (N, C, H, W), ``strides`` and ``dtype``, a reduce to ``h``
-    channels computed in ``dot_dtype``; cached."""
+    channels computed in ``dot_dtype``, on ``target``; cached."""
     N, C, H, W = shape
     block_h = max(MIN_DOT, next_pow2(h))
-    # The accumulator [block_h × block_hw] stays within 4096 fp32 (32 registers a thread).
-    block_hw = max(MIN_DOT, min(MAX_BLOCK_HW, next_pow2(H * W), 4096 // block_h))
+    tiles, acc_values = _tiles(dtype, dot_dtype, target)
+    block_c = _block_c(dtype, tiles)
+    itemsize = staged_itemsize(dot_dtype, compute_dtype(dtype), target)
+    block_hw = max(MIN_DOT, min(MAX_BLOCK_HW, next_pow2(H * W), acc_values // block_h))
+    # Narrower position blocks where the staged chunks would pass the target's shared memory.
+    while block_hw > MIN_DOT and _shared_bytes(block_h, block_c, block_hw, itemsize, target) > target.shared_bytes:
+        block_hw //= 2
     hw_blocks = cdiv(H * W, block_hw)
     return PoolReducePlan(
         grid=(N * hw_blocks,),
         hw_blocks=hw_blocks,
         meta={
-            "BLOCK_C": BLOCK_C if dtype.itemsize <= 2 else BLOCK_C // 2,
+            "BLOCK_C": block_c,
             "BLOCK_HW": block_hw,
             "BLOCK_H": block_h,
             **dot_meta(dot_dtype),
             "INT64": layout_of(shape, strides).int64,
             "COMPUTE": tl_compute_dtype(dtype),
-            "num_warps": NUM_WARPS,
+            "num_warps": tiles.num_warps,
         },
     )
 
@@ -130,7 +192,7 @@ def pool_reduce(
     N, C, H, W = x.shape
     h = w.shape[0] if w is not None else 0
     lay = layout_of(x.shape, x.stride())
-    plan = pool_reduce_plan(x.shape, x.stride(), x.dtype, h, dot_dtype)
+    plan = pool_reduce_plan(x.shape, x.stride(), x.dtype, h, dot_dtype, target_of(x.device))
     pool_part = torch.empty(N, plan.hw_blocks, C, device=x.device, dtype=compute_dtype(x.dtype)) if pool else None
     z0 = torch.empty((N, h, H, W), device=x.device, dtype=dot_dtype, memory_format=memory_format(lay)) if h else None
     if x.numel() == 0 or (pool_part is None and z0 is None):

@@ -174,7 +174,7 @@ def test_interpreter_requested_after_kernels_were_imported_is_a_clear_error():
     error names the fix instead of an error from inside Triton."""
     code = (
         "import os, torch\n"
-        "import bam_fused.kernels\n"
+        "from bam_fused.kernels import gate_fwd\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "from bam_fused import bam_gate\n"
         "bam_gate(torch.randn(1, 2, 3, 3), torch.randn(1, 2))\n"

@@ -23,7 +23,7 @@ from bam_fused.kernels import (
     gate_bwd,
     gate_fwd,
 )
-from bam_fused.kernels.gate_bwd import PROGRAMS_PER_SM
+from bam_fused.kernels.gate_bwd import GATE_BWD_PROGRAMS_PER_SM
 from gate_cases import DTYPES, MODES, TOL, assert_close, make_inputs, poisoned_like, reference64
 
 LAYOUTS = {"nchw": False, "channels_last": True}  # make_inputs' channels_last flag
@@ -237,7 +237,7 @@ def test_heuristics_cover_the_resnet_shapes():
         chunks = -(-c // b.block_c) if plan.walk_is_c else -(-hw // b.block_hw)
         programs = plan.grid[0]
         assert programs == 64 * plan.fast_blocks * plan.walk_splits
-        assert programs >= min(PROGRAMS_PER_SM * 132, 64 * plan.fast_blocks * chunks), (c, hw, b)
+        assert programs >= min(GATE_BWD_PROGRAMS_PER_SM * 132, 64 * plan.fast_blocks * chunks), (c, hw, b)
 
 
 def test_launch_plans_are_cached_per_shape_layout_dtype_and_config():

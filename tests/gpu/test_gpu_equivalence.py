@@ -12,7 +12,7 @@ import torch
 from bam_fused import bam_gate
 from bam_fused.common import relative_error
 from bam_fused.kernels import BwdConfig, FwdConfig, bwd_buffers, bwd_config, bwd_plan, gate_bwd, gate_fwd
-from bam_fused.kernels.layout import multiprocessor_count
+from bam_fused.kernels.target import target_of
 from gpu_common import DEVICE, assert_close, make_inputs, poisoned_like, record, reference64
 
 pytestmark = pytest.mark.gpu
@@ -74,7 +74,7 @@ def test_kernels_match_float64_reference(request, shape, mode, dtype, cl, residu
     )
 
     n, c, h, w = shape
-    cfg = SMALL_BWD if small else bwd_config(n, c, h * w, cl, x.element_size(), multiprocessor_count(DEVICE))
+    cfg = SMALL_BWD if small else bwd_config(n, c, h * w, cl, x.element_size(), target_of(DEVICE).sms)
     cfg = cfg._replace(num_stages=stages)
     plan = bwd_plan(x, cfg)
     out = bwd_buffers(x, mc, ms, plan, fill=float("nan"))
