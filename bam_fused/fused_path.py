@@ -61,6 +61,10 @@ from .common import FLOAT_DTYPES, compute_dtype
 from .fused_bam import step_on_meta
 from .fused_call import BatchNormMode, FusedCall, LayerSpec, Parts, run_order
 from .fused_op import op_args, op_call
+from .kernels.channel_mlp import mlp_fits
+from .kernels.input_grad import input_grad_fits
+from .kernels.pool_reduce import pool_reduce_fits
+from .kernels.target import target_of
 from .ops import transformed, triton_can_run
 from .preflight import kernels_unavailable
 
@@ -285,8 +289,6 @@ def _plan(module, x: torch.Tensor, check: "_Check | None" = None) -> "tuple[Fuse
     if isinstance(dtypes, str):
         return dtypes
     N, _, H, W = x.shape
-    from .kernels.target import target_of
-
     mlp_hidden = s.fc0.out_features if s.fc0 is not None else 0
     too_big = _kernels_blocker(mlp_hidden, s.hidden, N, x.dtype, dtypes[0], target_of(x.device))
     if too_big is not None:
@@ -306,10 +308,6 @@ def _kernels_blocker(
     """Why a program of the kernels cannot hold this call on ``target`` (None when they all can):
     the channel branch's one program a batch of N at width ``mlp_hidden``, pool_reduce and
     input_grad a reduce convolution to ``reduce_hidden`` channels (0: the branch is absent)."""
-    from .kernels.channel_mlp import mlp_fits
-    from .kernels.input_grad import input_grad_fits
-    from .kernels.pool_reduce import pool_reduce_fits
-
     reasons = []
     if mlp_hidden:
         reasons.append(mlp_fits(N, mlp_hidden, branch_dtype, compute_dtype(x_dtype), target))

@@ -18,6 +18,9 @@ import warnings
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
+from .kernels.layout import CompiledForGPU, captured_launches, load_launch
+from .kernels.target import planned_for, target_of
+
 # configuration key → None (the kernels run) or why they cannot
 _answers: dict = {}
 # the reasons already warned about (train and eval mode are two configurations, one warning)
@@ -39,9 +42,6 @@ def kernels_unavailable(
     if key in _answers:
         answer = _answers[key]
     else:
-        from .kernels.layout import CompiledForGPU, captured_launches, load_launch
-        from .kernels.target import planned_for, target_of
-
         # Planned for x's device, as the real launches will be, though captured on meta tensors.
         with captured_launches() as launches, planned_for(target_of(device)), _apart():
             step()

@@ -215,7 +215,7 @@ def test_a_kernel_the_gpu_cannot_run_compiles_to_the_per_op_path(monkeypatch):
             raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
         real(kernel, args, kwargs, device)
 
-    monkeypatch.setattr(layout, "load_launch", load)
+    monkeypatch.setattr(preflight, "load_launch", load)
     monkeypatch.setattr(preflight, "_answers", {})
     monkeypatch.setattr(preflight, "_warned", set())
     eager, fused = _twins()

@@ -177,7 +177,7 @@ def _fail_loading(monkeypatch, kernel_name: str):
             raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
         real(kernel, args, kwargs, device)
 
-    monkeypatch.setattr(layout, "load_launch", load)
+    monkeypatch.setattr(preflight, "load_launch", load)
     monkeypatch.setattr(preflight, "_answers", {})
     monkeypatch.setattr(preflight, "_warned", set())
     return loads
@@ -202,7 +202,7 @@ def test_a_kernel_the_gpu_cannot_run_sends_its_configuration_the_per_op_way(kern
     assert not isinstance(y.grad_fn, _FusedBAMFunction._backward_cls)
     assert loads.count(kernel_name) == 2  # train and eval mode: two configurations (one warning)
     other = torch.randn(4, 16, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(layout, "load_launch", lambda *a: None)
+    monkeypatch.setattr(preflight, "load_launch", lambda *a: None)
     assert fused_path_blocker(fused, other) is None
 
 
