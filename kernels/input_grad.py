@@ -36,6 +36,7 @@ from .utils import cdiv, compute_dtype, next_pow2
 # Programs per SM input_grad's split of the positions aims for: half gate_bwd's, since each split
 # here adds h·C partial sums of gWr to write and reduce (not tuned on a GPU).
 INPUT_GRAD_PROGRAMS_PER_SM = 2
+# Outputs (of gWr and gbr) per program of input_grad_reduce_kernel.
 REDUCE_BLOCK = 1024
 # Wrᵀ [BLOCK_C × BLOCK_H] and gWr's accumulator [BLOCK_H × BLOCK_C] stay in registers up to this
 # many reduce channels: at 128, bf16 spilled on sm_80 and passed sm_86's shared memory, fp64 spilled.
