@@ -443,8 +443,8 @@ class MlpPlan(NamedTuple):
     """Block sizes and the offsets into the forward's out buffer for one (N, C, h, dtypes)."""
 
     meta: dict  # the kernels' shared block and dtype constexprs and num_warps
-    save_offsets: tuple  # u1, a1, u2, mean1 (then invstd1), mean2 (then invstd2); mc is at 0
-    out_numel: int
+    scalars: dict  # the sizes and the offsets of u1, a1, u2, mean1 (then invstd1), mean2 (then invstd2) by name
+    out_numel: int  # mc is at 0
 
 
 def mlp_fits(N: int, h: int, branch_dtype: torch.dtype, compute: torch.dtype, target: Target) -> str | None:
@@ -487,7 +487,16 @@ def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.d
             "COMPUTE": tl_dtype(compute),
             **all_registers(MLP_WARPS),
         },
-        save_offsets=(u1, a1, u2, mean1, mean2),
+        scalars={
+            "N": N,
+            "C": C,
+            "h": h,
+            "u1_offset": u1,
+            "a1_offset": a1,
+            "u2_offset": u2,
+            "mean1_offset": mean1,
+            "mean2_offset": mean2,
+        },
         out_numel=mean2 + 2 * C,
     )
 
@@ -520,28 +529,25 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
     some = bn1.weight
     with launch_guard(channel_mlp_fwd_kernel, p.device) as launch:
         launch[(1,)](
-            p,
-            w1,
-            b1,
-            bn1.weight,
-            bn1.bias,
-            bn1.running_mean if bn1.running_mean is not None else some,
-            bn1.running_var if bn1.running_var is not None else some,
-            w2,
-            b2,
-            bnc.weight if bnc is not None else some,
-            bnc.bias if bnc is not None else some,
-            bnc.running_mean if bnc is not None and bnc.running_mean is not None else some,
-            bnc.running_var if bnc is not None and bnc.running_var is not None else some,
-            out,
-            N,
-            C,
-            h,
-            bn1.eps,
-            bn1.momentum,
-            bnc.eps if bnc is not None else 0.0,
-            bnc.momentum if bnc is not None else 0.0,
-            *plan.save_offsets,
+            p_ptr=p,
+            w1_ptr=w1,
+            b1_ptr=b1,
+            bn1_w_ptr=bn1.weight,
+            bn1_b_ptr=bn1.bias,
+            bn1_rm_ptr=bn1.running_mean if bn1.running_mean is not None else some,
+            bn1_rv_ptr=bn1.running_var if bn1.running_var is not None else some,
+            w2_ptr=w2,
+            b2_ptr=b2,
+            bnc_w_ptr=bnc.weight if bnc is not None else some,
+            bnc_b_ptr=bnc.bias if bnc is not None else some,
+            bnc_rm_ptr=bnc.running_mean if bnc is not None and bnc.running_mean is not None else some,
+            bnc_rv_ptr=bnc.running_var if bnc is not None and bnc.running_var is not None else some,
+            out_ptr=out,
+            eps1=bn1.eps,
+            momentum1=bn1.momentum,
+            epsc=bnc.eps if bnc is not None else 0.0,
+            momentumc=bnc.momentum if bnc is not None else 0.0,
+            **plan.scalars,
             BN1_BATCH=bn1.batch_stats,
             BN1_UPDATE=bn1.update,
             HAS_BNC=bnc is not None,
@@ -550,6 +556,19 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
             **plan.meta,
         )
     return out
+
+
+# channel_mlp_bwd_kernel's offsets into grad, in the order of channel_mlp_bwd's grad_offsets.
+GRAD_OFFSETS = (
+    "g_w1_offset",
+    "g_b1_offset",
+    "g_bn1_w_offset",
+    "g_bn1_b_offset",
+    "g_w2_offset",
+    "g_b2_offset",
+    "g_bnc_w_offset",
+    "g_bnc_b_offset",
+)
 
 
 def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs | None, grads, grad_offsets):
@@ -562,22 +581,20 @@ def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs
     N, C = p.shape
     h = w1.shape[0]
     plan = mlp_plan(N, C, h, gmc.dtype, p.dtype, target_of(p.device))
-    offsets = tuple(grad_offsets) + ((0, 0) if bnc is None else ())
+    # Without BNc its gradients' offsets are never read.
+    offsets = {"g_bnc_w_offset": 0, "g_bnc_b_offset": 0} | dict(zip(GRAD_OFFSETS, grad_offsets))
     with launch_guard(channel_mlp_bwd_kernel, p.device) as launch:
         launch[(1,)](
-            gmc,
-            p,
-            save,
-            w1,
-            bn1.weight,
-            w2,
-            bnc.weight if bnc is not None else bn1.weight,
-            grads,
-            N,
-            C,
-            h,
-            *plan.save_offsets,
-            *offsets,
+            gmc_ptr=gmc,
+            p_ptr=p,
+            save_ptr=save,
+            w1_ptr=w1,
+            bn1_w_ptr=bn1.weight,
+            w2_ptr=w2,
+            bnc_w_ptr=bnc.weight if bnc is not None else bn1.weight,
+            grad_ptr=grads,
+            **plan.scalars,
+            **offsets,
             BN1_BATCH=bn1.batch_stats,
             HAS_BNC=bnc is not None,
             BNC_BATCH=bnc is not None and bnc.batch_stats,

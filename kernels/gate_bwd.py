@@ -234,12 +234,16 @@ class BwdPlan(NamedTuple):
     gmc_part_shape: tuple  # (N, P_c, C)
     gms_part_shape: tuple  # (N, P_hw, HW)
     grid: tuple
-    args: tuple  # gate_bwd_kernel's scalar arguments before g's strides
-    args_after_g: tuple  # and after them
+    scalars: dict  # gate_bwd_kernel's scalar arguments by name, but g's strides
     meta: dict  # its constexprs and num_warps
     reduce_programs: tuple  # programs of the reduction for gmc and for gms
-    reduce_args: tuple  # gate_bwd_reduce_kernel's scalar arguments but gmc_programs, after the pointers
+    reduce_scalars: dict  # gate_bwd_reduce_kernel's scalar arguments by name, but gmc_programs
     reduce_meta: dict  # its block and num_warps
+
+    @property
+    def x_strides(self) -> tuple:
+        """x's (and gx's) strides over (n, walk, fast)."""
+        return self.scalars["stride_n"], self.scalars["stride_w"], self.scalars["stride_f"]
 
     @property
     def parts_numel(self) -> int:
@@ -280,8 +284,18 @@ def _bwd_plan(shape, strides, dtype, target: Target, config, force_int64) -> Bwd
         gmc_part_shape=(N, P_c, C),
         gms_part_shape=(N, P_hw, HW),
         grid=(N * fast_blocks * walk_splits,),
-        args=(walk, fast, lay.stride_n, stride_w, stride_f),
-        args_after_g=(gw_offset, gf_offset, fast_blocks, walk_splits, per_split),
+        scalars={
+            "walk_size": walk,
+            "fast_size": fast,
+            "stride_n": lay.stride_n,
+            "stride_w": stride_w,
+            "stride_f": stride_f,
+            "gw_part_offset": gw_offset,
+            "gf_part_offset": gf_offset,
+            "fast_blocks": fast_blocks,
+            "walk_splits": walk_splits,
+            "per_split": per_split,
+        },
         meta={
             "BLOCK_W": block_w,
             "BLOCK_F": block_f,
@@ -291,7 +305,16 @@ def _bwd_plan(shape, strides, dtype, target: Target, config, force_int64) -> Bwd
             **all_registers(cfg.num_warps),
         },
         reduce_programs=(cdiv(N * C, cfg.reduce_block), cdiv(N * HW, cfg.reduce_block)),
-        reduce_args=(gmc_part_offset, gms_part_offset, C, HW, P_c, P_hw, N * C, N * HW),
+        reduce_scalars={
+            "gmc_part_offset": gmc_part_offset,
+            "gms_part_offset": gms_part_offset,
+            "C": C,
+            "HW": HW,
+            "P_c": P_c,
+            "P_hw": P_hw,
+            "gmc_numel": N * C,
+            "gms_numel": N * HW,
+        },
         reduce_meta={"BLOCK": cfg.reduce_block, "num_warps": cfg.num_warps},
     )
 
@@ -338,25 +361,26 @@ def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine
     """
     if x.numel() == 0:
         return
-    g, g_strides = _g_strides(g, x, plan)
+    g, (g_stride_n, g_stride_w, g_stride_f) = _g_strides(g, x, plan)
     mw, mf = (mc, ms) if plan.walk_is_c else (ms, mc)
     with launch_guard(gate_bwd_kernel, x.device) as launch:
         launch[plan.grid](
-            g,
-            x,
-            mw if mw is not None else mf,  # pointers the kernel does not read stand in for absent tensors
-            mf if mf is not None else mw,
-            gx if gx is not None else parts,
-            parts,
-            *plan.args,
-            *g_strides,
-            *plan.args_after_g,
+            g_ptr=g,
+            x_ptr=x,
+            mw_ptr=mw if mw is not None else mf,  # pointers the kernel does not read stand in for absent tensors
+            mf_ptr=mf if mf is not None else mw,
+            gx_ptr=gx if gx is not None else parts,
+            part_ptr=parts,
+            **plan.scalars,
+            g_stride_n=g_stride_n,
+            g_stride_w=g_stride_w,
+            g_stride_f=g_stride_f,
             COMBINE=COMBINE_CODES[combine],
             HAS_MW=mw is not None,
             HAS_MF=mf is not None,
             RESIDUAL=residual,
             STORE_GX=gx is not None,
-            G_LIKE_X=g_strides == plan.args[2:5],
+            G_LIKE_X=(g_stride_n, g_stride_w, g_stride_f) == plan.x_strides,
             **plan.meta,
         )
 
@@ -370,11 +394,11 @@ def launch_gate_bwd_stage_two(parts, gmc, gms, plan: BwdPlan) -> None:
     some = gmc if gmc is not None else gms
     with launch_guard(gate_bwd_reduce_kernel, parts.device) as launch:
         launch[(programs,)](
-            parts,
-            gmc if gmc is not None else some,
-            gms if gms is not None else some,
-            *plan.reduce_args,
-            gmc_programs,
+            part_ptr=parts,
+            gmc_ptr=gmc if gmc is not None else some,
+            gms_ptr=gms if gms is not None else some,
+            **plan.reduce_scalars,
+            gmc_programs=gmc_programs,
             HAS_MC=gmc is not None,
             HAS_MS=gms is not None,
             EMULATE_MC=gmc is not None and emulate_bf16(gmc.dtype),

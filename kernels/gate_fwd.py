@@ -14,7 +14,16 @@ import triton
 import triton.language as tl
 
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
-from .layout import NUM_WARPS, as_kernel_layout, dense, launch_guard, layout_of, tile_shape, tl_compute_dtype
+from .layout import (
+    NUM_WARPS,
+    as_kernel_layout,
+    dense,
+    launch_guard,
+    layout_of,
+    tile_shape,
+    tl_compute_dtype,
+    x_scalars,
+)
 from .target import all_registers
 from .utils import cdiv
 
@@ -97,7 +106,7 @@ class FwdPlan(NamedTuple):
     """What a forward launch derives from x's shape, layout and dtype and the config."""
 
     grid: tuple
-    args: tuple  # the kernel's scalar arguments, in order after the pointers
+    scalars: dict  # the kernel's scalar arguments by name
     meta: dict  # its block constexprs, num_warps and maxnreg
 
 
@@ -116,7 +125,7 @@ def _fwd_plan(shape, strides, dtype, config, force_int64) -> FwdPlan:
     num_c_blocks, num_hw_blocks = cdiv(C, cfg.block_c), cdiv(HW, cfg.block_hw)
     return FwdPlan(
         grid=(N * num_c_blocks * num_hw_blocks,),
-        args=(C, HW, lay.stride_n, lay.stride_c, lay.stride_hw, num_c_blocks, num_hw_blocks),
+        scalars={**x_scalars(shape, lay), "num_c_blocks": num_c_blocks, "num_hw_blocks": num_hw_blocks},
         meta={
             "BLOCK_C": cfg.block_c,
             "BLOCK_HW": cfg.block_hw,
@@ -154,11 +163,11 @@ def gate_fwd(
     mc, ms = dense(mc), dense(ms)
     with launch_guard(gate_fwd_kernel, x.device) as launch:
         launch[plan.grid](
-            x,
-            mc if mc is not None else ms,  # an absent map's pointer is never read
-            ms if ms is not None else mc,
-            y,
-            *plan.args,
+            x_ptr=x,
+            mc_ptr=mc if mc is not None else ms,  # an absent map's pointer is never read
+            ms_ptr=ms if ms is not None else mc,
+            y_ptr=y,
+            **plan.scalars,
             COMBINE=COMBINE_CODES[combine],
             HAS_MC=mc is not None,
             HAS_MS=ms is not None,

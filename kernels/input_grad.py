@@ -28,6 +28,7 @@ from .layout import (
     layout_of,
     like_layout,
     tl_compute_dtype,
+    x_scalars,
 )
 from .target import Target, all_registers, large_tiles, staged_itemsize, target_of
 from .utils import cdiv, compute_dtype, next_pow2
@@ -35,6 +36,7 @@ from .utils import cdiv, compute_dtype, next_pow2
 # Programs per SM input_grad's split of the positions aims for: half gate_bwd's, since each split
 # here adds h·C partial sums of gWr to write and reduce (not tuned on a GPU).
 INPUT_GRAD_PROGRAMS_PER_SM = 2
+# Outputs (of gWr and gbr) per program of input_grad_reduce_kernel.
 REDUCE_BLOCK = 1024
 # Wrᵀ [BLOCK_C × BLOCK_H] and gWr's accumulator [BLOCK_H × BLOCK_C] stay in registers up to this
 # many reduce channels: at 128, bf16 spilled on sm_80 and passed sm_86's shared memory, fp64 spilled.
@@ -224,13 +226,12 @@ def input_grad_reduce_kernel(
 
 class InputGradPlan(NamedTuple):
     grid: tuple
-    c_blocks: int
     splits: int
-    per_split: int
     part_numel: int  # gw_part then gb_part
-    gb_part_offset: int
+    scalars: dict  # input_grad_kernel's scalar arguments by name, but g's and g_z0's strides
     meta: dict
     reduce_grid: tuple
+    reduce_scalars: dict  # input_grad_reduce_kernel's by name, but the offsets into its out
 
 
 def input_grad_plan(shape, strides, dtype, device, h: int, dot_dtype) -> InputGradPlan:
@@ -257,23 +258,30 @@ def _input_grad_plan(shape, strides, dtype, target: Target, h: int, dot_dtype) -
     per_split = cdiv(chunks, splits) * block_p
     splits = cdiv(total, per_split) if total else 0
     gb_part_offset = splits * h * C
+    lay = layout_of(shape, strides)
     return InputGradPlan(
         grid=(c_blocks * splits,),
-        c_blocks=c_blocks,
         splits=splits,
-        per_split=per_split,
         part_numel=gb_part_offset + splits * h,
-        gb_part_offset=gb_part_offset,
+        scalars={
+            **x_scalars(shape, lay),
+            "h": h,
+            "c_blocks": c_blocks,
+            "per_split": per_split,
+            "total": total,
+            "gb_part_offset": gb_part_offset,
+        },
         meta={
             "BLOCK_C": tiles.block_c,
             "BLOCK_P": block_p,
             "BLOCK_H": block_h,
             **dot_meta(dot_dtype),
-            "INT64": layout_of(shape, strides).int64,
+            "INT64": lay.int64,
             "COMPUTE": tl_compute_dtype(dtype),
             **all_registers(tiles.num_warps),
         },
         reduce_grid=(cdiv(h * C, REDUCE_BLOCK) + cdiv(h, REDUCE_BLOCK),),
+        reduce_scalars={"splits": splits, "hc": h * C, "h": h, "gb_part_offset": gb_part_offset},
     )
 
 
@@ -287,7 +295,7 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
     at least :attr:`InputGradPlan.part_numel` in x's compute dtype for the partial sums (None:
     allocated here). Returns gx, x's shape, dtype and strides.
     """
-    N, C, H, W = x.shape
+    C = x.shape[1]
     h = w.shape[0] if w is not None else 0
     dot_dtype = gz.dtype if gz is not None else x.dtype
     plan = input_grad_plan(x.shape, x.stride(), x.dtype, x.device, h, dot_dtype)
@@ -299,35 +307,31 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
             grads[grad_offsets[0] : grad_offsets[0] + h * C].zero_()
             grads[grad_offsets[1] : grad_offsets[1] + h].zero_()
         return gx
-    lay = layout_of(x.shape, x.stride())
     g_strides = hw_strides(g)
     if g_strides is None:
         g = like_layout(g, x)
         g_strides = hw_strides(g)
+    g_stride_n, g_stride_c, g_stride_hw = g_strides
+    z_stride_n, z_stride_c, z_stride_hw = hw_strides(gz) if gz is not None else (0, 0, 0)
     small = mc if mc is not None else ms  # stands in for the pointers the kernel does not read
     with launch_guard(input_grad_kernel, x.device) as launch:
         launch[plan.grid](
-            g,
-            x,
-            gx,
-            small if mc is None else mc,
-            small if ms is None else ms,
-            gp if gp is not None else small,
-            gz if gz is not None else small,
-            w if w is not None else small,
-            part if part is not None else small,
-            C,
-            H * W,
-            h,
-            lay.stride_n,
-            lay.stride_c,
-            lay.stride_hw,
-            *g_strides,
-            *(hw_strides(gz) if gz is not None else (0, 0, 0)),
-            plan.c_blocks,
-            plan.per_split,
-            N * H * W,
-            plan.gb_part_offset,
+            g_ptr=g,
+            x_ptr=x,
+            gx_ptr=gx,
+            mc_ptr=small if mc is None else mc,
+            ms_ptr=small if ms is None else ms,
+            gp_ptr=gp if gp is not None else small,
+            gz_ptr=gz if gz is not None else small,
+            w_ptr=w if w is not None else small,
+            part_ptr=part if part is not None else small,
+            **plan.scalars,
+            g_stride_n=g_stride_n,
+            g_stride_c=g_stride_c,
+            g_stride_hw=g_stride_hw,
+            z_stride_n=z_stride_n,
+            z_stride_c=z_stride_c,
+            z_stride_hw=z_stride_hw,
             COMBINE=COMBINE_CODES[combine],
             HAS_MC=mc is not None,
             HAS_MS=ms is not None,
@@ -337,15 +341,14 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
             **plan.meta,
         )
     if gz is not None:
+        gw_offset, gb_offset = grad_offsets
         with launch_guard(input_grad_reduce_kernel, x.device) as launch:
             launch[plan.reduce_grid](
-                part,
-                grads,
-                plan.splits,
-                h * C,
-                h,
-                plan.gb_part_offset,
-                *grad_offsets,
+                part_ptr=part,
+                out_ptr=grads,
+                **plan.reduce_scalars,
+                gw_offset=gw_offset,
+                gb_offset=gb_offset,
                 BLOCK=REDUCE_BLOCK,
                 num_warps=NUM_WARPS,
             )

@@ -42,6 +42,13 @@ class GateLayout(NamedTuple):
     int64: bool  # offsets need 64 bits
 
 
+def x_scalars(shape: tuple, lay: GateLayout) -> dict:
+    """A 4-D x's sizes and strides over (n, c, hw) by the kernels' parameter names: C, HW, stride_n,
+    stride_c and stride_hw, for x of ``shape`` (N, C, H, W) laid out as ``lay``."""
+    _, c, h, w = shape
+    return {"C": c, "HW": h * w, "stride_n": lay.stride_n, "stride_c": lay.stride_c, "stride_hw": lay.stride_hw}
+
+
 @functools.lru_cache(maxsize=1024)
 def layout_of(shape: tuple, strides: tuple) -> GateLayout:
     """Strides of a 4-D x of ``shape`` (N, C, H, W) and ``strides`` as the kernels use them;

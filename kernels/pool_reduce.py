@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .dot import MIN_DOT, cast, dot, dot_meta
-from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype
+from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype, x_scalars
 from .target import Target, large_tiles, prefetches, staged_itemsize, target_of
 from .utils import cdiv, compute_dtype, next_pow2
 
@@ -144,7 +144,7 @@ def pool_reduce_kernel(
 
 class PoolReducePlan(NamedTuple):
     grid: tuple
-    hw_blocks: int
+    scalars: dict  # pool_reduce_kernel's scalar arguments by name, but z0's strides
     meta: dict
 
 
@@ -164,15 +164,16 @@ def pool_reduce_plan(
     while block_hw > MIN_DOT and _shared_bytes(block_h, block_c, block_hw, itemsize, target) > target.shared_bytes:
         block_hw //= 2
     hw_blocks = cdiv(H * W, block_hw)
+    lay = layout_of(shape, strides)
     return PoolReducePlan(
         grid=(N * hw_blocks,),
-        hw_blocks=hw_blocks,
+        scalars={**x_scalars(shape, lay), "h": h, "hw_blocks": hw_blocks},
         meta={
             "BLOCK_C": block_c,
             "BLOCK_HW": block_hw,
             "BLOCK_H": block_h,
             **dot_meta(dot_dtype),
-            "INT64": layout_of(shape, strides).int64,
+            "INT64": lay.int64,
             "COMPUTE": tl_compute_dtype(dtype),
             "num_warps": tiles.num_warps,
         },
@@ -193,27 +194,25 @@ def pool_reduce(
     h = w.shape[0] if w is not None else 0
     lay = layout_of(x.shape, x.stride())
     plan = pool_reduce_plan(x.shape, x.stride(), x.dtype, h, dot_dtype, target_of(x.device))
-    pool_part = torch.empty(N, plan.hw_blocks, C, device=x.device, dtype=compute_dtype(x.dtype)) if pool else None
+    pool_part = (
+        torch.empty(N, plan.scalars["hw_blocks"], C, device=x.device, dtype=compute_dtype(x.dtype)) if pool else None
+    )
     z0 = torch.empty((N, h, H, W), device=x.device, dtype=dot_dtype, memory_format=memory_format(lay)) if h else None
     if x.numel() == 0 or (pool_part is None and z0 is None):
         return pool_part, z0
-    z_strides = hw_strides(z0) if z0 is not None else (0, 0, 0)
+    z_stride_n, z_stride_c, z_stride_hw = hw_strides(z0) if z0 is not None else (0, 0, 0)
     out = z0 if z0 is not None else pool_part  # stands in for the pointers the kernel does not read
     with launch_guard(pool_reduce_kernel, x.device) as launch:
         launch[plan.grid](
-            x,
-            w if w is not None else out,
-            b if b is not None else out,
-            out,
-            pool_part if pool_part is not None else out,
-            C,
-            H * W,
-            h,
-            lay.stride_n,
-            lay.stride_c,
-            lay.stride_hw,
-            *z_strides,
-            plan.hw_blocks,
+            x_ptr=x,
+            w_ptr=w if w is not None else out,
+            b_ptr=b if b is not None else out,
+            z_ptr=out,
+            pool_ptr=pool_part if pool_part is not None else out,
+            **plan.scalars,
+            z_stride_n=z_stride_n,
+            z_stride_c=z_stride_c,
+            z_stride_hw=z_stride_hw,
             POOL=pool,
             REDUCE=z0 is not None,
             **plan.meta,

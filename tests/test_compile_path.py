@@ -58,7 +58,7 @@ class _Launches:
         run = InterpretedFunction.run
 
         def recorded(kernel, *args, **kwargs):
-            full = sum(isinstance(a, torch.Tensor) and a.numel() == numel for a in args)
+            full = sum(isinstance(a, torch.Tensor) and a.numel() == numel for a in (*args, *kwargs.values()))
             self.got.append((kernel.fn.__name__, full))
             return run(kernel, *args, **kwargs)
 

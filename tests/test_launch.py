@@ -111,8 +111,12 @@ def test_the_narrowing_check_has_teeth(monkeypatch):
     momentum of 1/7, no fp32 value."""
     original = InterpretedFunction.run
 
+    def narrowed(v):
+        return float(np.float32(v)) if isinstance(v, float) else v
+
     def run(self, *args, grid, warmup, **kwargs):
-        args = [float(np.float32(v)) if isinstance(v, float) else v for v in args]
+        args = [narrowed(v) for v in args]
+        kwargs = {k: narrowed(v) for k, v in kwargs.items()}
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(InterpretedFunction, "run", run)
