@@ -581,6 +581,9 @@ def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs
     N, C = p.shape
     h = w1.shape[0]
     plan = mlp_plan(N, C, h, gmc.dtype, p.dtype, target_of(p.device))
+    want = len(GRAD_OFFSETS) - (2 if bnc is None else 0)  # BNc's weight and bias last
+    if len(grad_offsets) != want:
+        raise ValueError(f"grad_offsets must hold {want} offsets (bnc: {bnc is not None}), got {len(grad_offsets)}")
     # Without BNc its gradients' offsets are never read.
     offsets = {"g_bnc_w_offset": 0, "g_bnc_b_offset": 0} | dict(zip(GRAD_OFFSETS, grad_offsets))
     with launch_guard(channel_mlp_bwd_kernel, p.device) as launch:
