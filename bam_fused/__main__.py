@@ -2,9 +2,10 @@
 
 On CUDA: on the ResNet-50 BAM shapes (bf16, channels_last), checks FusedBAM against BAM and
 prints ms, GB/s and speed-ups of the gate forward+backward for the released-code-style eager
-gate, torch.compile of it, and the fused kernels. On CPU: runs the Triton kernels through
-the interpreter on small shapes to show they agree with the reference, times the CPU path
-against the eager gate, and says that GPU timings need CUDA.
+gate, torch.compile of it, and the fused kernels. On CPU: runs FusedBAM's and the gate's
+Triton kernels through the interpreter on small shapes to show they agree with the float64
+reference as closely as BAM does, times the CPU path against the eager gate, and says that GPU
+timings need CUDA.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from bam_fused import BAM, FusedBAM, bam_gate, reference  # noqa: E402
 
 CPU_CHECK_SHAPES = [(2, 64, 7, 7), (2, 32, 5, 13), (1, 16, 1, 1)]
 CPU_TIMING_SHAPE = (8, 256, 28, 28)
+CPU_MODULE_SHAPE = (4, 64, 7, 7)
 
 
 def _maps(x):
@@ -120,7 +122,14 @@ def report(device, shapes, timer, dtype=torch.bfloat16) -> None:
 
 def main_cpu() -> int:
     print(f"bam_fused {bam_fused.__version__} — torch {torch.__version__}, no CUDA device")
-    print("\n1. Triton kernels through the interpreter (TRITON_INTERPRET=1) vs the float64 reference")
+    print("\n1. FusedBAM (its whole-module kernels through Triton's interpreter) and BAM, train mode,")
+    print("   channels_last: relative error against float64, the larger of the output's and x's gradient's")
+    for dtype in (torch.float32, torch.bfloat16):
+        fused_err, eager_err = check_modules(CPU_MODULE_SHAPE, torch.device("cpu"), dtype)
+        name = "float32" if dtype == torch.float32 else "bf16 autocast"
+        print(f"   {str(CPU_MODULE_SHAPE):<18} {name:<14} FusedBAM {fused_err:.1e}   BAM {eager_err:.1e}")
+
+    print("\n2. The gate's Triton kernels through the interpreter vs the float64 reference")
     print(f"   {'shape':<18} {'combine':<8} {'|y-ref|/|ref|':>14} {'|grads-ref|/|ref|':>18}")
     # Fixed inputs: at 1×1 a gms entry is a sum of 16 terms that can cancel to ~1 % of their size,
     # where fp32 rounding alone exceeds 1e-5 relative (1 unseeded draw in ~1500 did).
@@ -142,7 +151,7 @@ def main_cpu() -> int:
             print(f"   {str(shape):<18} {combine:<8} {e_y:>14.1e} {e_g:>18.1e}")
     print(f"   {'agree' if ok else 'DISAGREE'}")
 
-    print(f"\n2. CPU path (reference) vs the released-code-style eager gate, float32 {CPU_TIMING_SHAPE}, fwd+bwd")
+    print(f"\n3. CPU path (reference) vs the released-code-style eager gate, float32 {CPU_TIMING_SHAPE}, fwd+bwd")
     x = torch.randn(CPU_TIMING_SHAPE, requires_grad=True)
     mc, ms = _maps(x)
     t_eager = time_cpu(gate_fwd_bwd(lambda *a: reference.released_code_gate(*a, "product"), x, mc, ms))
