@@ -29,29 +29,21 @@ import operator
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
+from . import reference
 from .common import compute_dtype
-from .fused_call import IN_BUFFER, BatchNorm, FusedCall, batch_norms, unflatten
-from .kernels.channel_mlp import BatchNormArgs, channel_mlp_bwd, channel_mlp_fwd
+from .fused_call import IN_BUFFER, FusedCall, batch_norms, unflatten
+from .kernels.channel_mlp import channel_mlp_bwd, channel_mlp_fwd
 from .kernels.gate_bwd import bwd_plan, launch_gate_bwd_stage_one, launch_gate_bwd_stage_two
 from .kernels.gate_fwd import gate_fwd
 from .kernels.input_grad import input_grad, input_grad_plan
 from .kernels.layout import as_kernel_layout
 from .kernels.pool_reduce import pool_reduce
+from .kernels.utils import BatchNorm
 from .preflight import backward_both_ways, meta_like
 
 _BATCH_STATS = operator.attrgetter("batch_stats")
-
-
-def _mlp_bn(bn: BatchNorm | None):
-    """The channel-MLP kernels' BatchNormArgs of ``bn`` (None for None)."""
-
-    if bn is None:
-        return None
-    m = bn.mode
-    return BatchNormArgs(
-        bn.weight, bn.bias, bn.running_mean, bn.running_var, m.eps, m.momentum, m.batch_stats, m.update
-    )
 
 
 def _batch_update(bn: BatchNorm | None) -> BatchNorm | None:
@@ -187,7 +179,7 @@ def module_forward(x: torch.Tensor, call: FusedCall, keep: bool):
     if parts.fc0 is not None:
         p = pool_part.sum(1)
         bn1, bnc = _batch_update(parts.bn1), _batch_update(parts.bn_c)
-        mlp = channel_mlp_fwd(p, *parts.fc0, _mlp_bn(bn1), *parts.fc_final, _mlp_bn(bnc), dt)
+        mlp = channel_mlp_fwd(p, *parts.fc0, bn1, *parts.fc_final, bnc, dt)
         _cumulative_update(parts.bn1, bn1)
         _cumulative_update(parts.bn_c, bnc)
     if parts.reduce is not None:
@@ -258,8 +250,9 @@ def module_backward(g: torch.Tensor, x: torch.Tensor, call: FusedCall, saved: Sa
 
     if parts.fc0 is not None:  # ∂L/∂p lands over gmc
         mlp_offsets = offsets[: len(offsets) - 2] if parts.reduce is not None else offsets
-        bn1, bnc = _mlp_bn(parts.bn1), _mlp_bn(parts.bn_c)
-        channel_mlp_bwd(gmc, saved.p, saved.mlp, parts.fc0[0], bn1, parts.fc_final[0], bnc, grad_buf, mlp_offsets)
+        channel_mlp_bwd(
+            gmc, saved.p, saved.mlp, parts.fc0[0], parts.bn1, parts.fc_final[0], parts.bn_c, grad_buf, mlp_offsets
+        )
     has_reduce = parts.reduce is not None
     gx = input_grad(
         g,
@@ -289,10 +282,6 @@ def buffer_views(grad_buf: torch.Tensor, params) -> tuple:
 def _functional(x: torch.Tensor, call: FusedCall, saved: Saved) -> torch.Tensor:
     """The module in differentiable PyTorch ops on the forward's statistics (the batch's, or the
     running ones as they were), updating nothing: what a create_graph backward differentiates."""
-    import torch.nn.functional as F
-
-    from . import reference
-
     parts = unflatten(call, frozen=saved.frozen)
 
     def bn(t, b: BatchNorm):

@@ -1,12 +1,13 @@
 """What one call of the fused path computes, without the module: plain values and tensors.
 
 :class:`FusedCall` is the whole description of a call — :class:`LayerSpec` (the layers and their
-options), one :class:`BatchNormMode` per BatchNorm, the combine, the branches' dtype, and the
+options), one :class:`~bam_fused.kernels.utils.BatchNormMode` per BatchNorm, the combine, the branches' dtype, and the
 tensors in one order: each layer's (weight, bias) in :class:`Parts`' field order, the running
 statistics the call hands over, the batch counts. :func:`bam_fused.fused_path.check_fused_path`
 builds it from a FusedBAM; :mod:`bam_fused.fused_bam` computes it; :mod:`bam_fused.fused_op`
 passes it through torch.compile as plain values (:meth:`LayerSpec.to_ints`). :func:`unflatten`
-gives the same tensors by role (:class:`Parts`, a :class:`BatchNorm` record per BatchNorm), and
+gives the same tensors by role (:class:`Parts`, a :class:`~bam_fused.kernels.utils.BatchNorm` record
+per BatchNorm: the one record the kernels and aten's calls read), and
 everything ordered — the parameters, the gradients the backward returns, the kernels' gradient
 buffer (:data:`IN_BUFFER`) — follows :class:`Parts`' field order (:func:`run_order`).
 """
@@ -16,6 +17,8 @@ import itertools
 from typing import NamedTuple
 
 import torch
+
+from .kernels.utils import BatchNorm
 
 
 class LayerSpec(NamedTuple):
@@ -45,18 +48,6 @@ class LayerSpec(NamedTuple):
         return LayerSpec(C, mlp_hidden, bool(channel_bn), hidden, dilated, bool(spatial_bn))
 
 
-class BatchNormMode(NamedTuple):
-    """How one BatchNorm runs in a call: ``nn.BatchNorm.forward``'s decisions, replicated."""
-
-    batch_stats: bool  # normalise with the batch's statistics (training, or no running ones)
-    update: bool  # update the running statistics
-    cumulative: bool  # by 1 / num_batches_tracked (momentum=None), found on the device
-    momentum: float  # by this factor otherwise (0.0 when they are not updated)
-    eps: float
-    running: bool  # the call hands over the running statistics (read, or updated)
-    counted: bool  # the call increments num_batches_tracked
-
-
 class FusedCall(NamedTuple):
     """Everything one call of the fused path needs besides x."""
 
@@ -69,18 +60,6 @@ class FusedCall(NamedTuple):
     running: tuple  # (running_mean, running_var) of each BatchNorm whose mode hands them over, flattened
     counts: tuple  # num_batches_tracked of each BatchNorm whose mode counts
     error: Exception | None  # what eager BAM raises for this call, found before any effect
-
-
-class BatchNorm(NamedTuple):
-    """One BatchNorm of a call: its parameters (first, as a layer's pair), mode and buffers (None
-    where the mode takes none)."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    mode: BatchNormMode
-    running_mean: torch.Tensor | None
-    running_var: torch.Tensor | None
-    count: torch.Tensor | None  # num_batches_tracked
 
 
 class Parts(NamedTuple):

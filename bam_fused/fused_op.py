@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from .fused_bam import Saved, buffer_views, differentiable_grads, module_backward, module_forward, no_autocast
-from .fused_call import BatchNormMode, FusedCall, LayerSpec
+from .fused_call import FusedCall, LayerSpec
 from .kernels.layout import as_kernel_layout, captured_launches
+from .kernels.utils import BatchNormMode
 
 # The whole module as the custom op pair torch.compile traces: bam_fused::module (forward: y, the
 # running statistics it updates, what the backward needs) and bam_fused::module_backward. An op
@@ -71,8 +72,8 @@ def _updated(call: FusedCall) -> list[bool]:
     return [m.update for m in call.bns if m.running for _ in "mv"]
 
 
-def _forward_op_body(x, params, running, counts, args) -> list:
-    call = op_call(*args, params, running, counts)
+def _forward_op_body(x, params, running, counts, values) -> list:
+    call = op_call(*values, params, running, counts)
     updated = _updated(call)
     copies = [t.clone() if u else t for t, u in zip(running, updated)]
     with no_autocast(call, x.device.type):
@@ -80,26 +81,11 @@ def _forward_op_body(x, params, running, counts, args) -> list:
     return [y, *(t for t, u in zip(copies, updated) if u), *saved.flat()]
 
 
-@torch.library.custom_op("bam_fused::module", mutates_args=())
-def _module_op(
-    x: torch.Tensor,
-    params: list[torch.Tensor],
-    running: list[torch.Tensor],
-    counts: list[torch.Tensor],
-    spec: list[int],
-    bn_flags: list[bool],
-    bn_scalars: list[float],
-    combine: str,
-    branch_dtype: torch.dtype,
-    autocast: bool,
-    implementation: str,
-) -> list[torch.Tensor]:
-    """The module's forward on x (N, C, H, W) in a kernel layout (FusedCall's tensors and values,
-    :func:`op_args`; ``counts`` already incremented): [y, the running statistics it updates, as
-    new tensors, in ``running``'s order, what the backward needs]."""
-    return _forward_op_body(
-        x, params, running, counts, (spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation)
-    )
+def _backward_op_body(g, x, params, saved, values) -> list:
+    call = op_call(*values, params)
+    with no_autocast(call, x.device.type):
+        gx, grad_buf, rest = module_backward(g, x, call, Saved.unflat(call, saved), call.params)
+    return [gx, grad_buf, *rest]
 
 
 def _static(t: torch.Tensor) -> torch.Tensor:
@@ -110,56 +96,57 @@ def _static(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty_strided([int(v) for v in t.shape], [int(v) for v in t.stride()])
 
 
+# Both ops end with the call's plain values (op_args), written here once: each op's schema is
+# spelled out, its function taking those values as one tuple.
+_CALL_VALUES = (
+    "int[] spec, bool[] bn_flags, float[] bn_scalars, str combine, ScalarType branch_dtype, bool autocast, "
+    "str implementation"
+)
+
+
+@torch.library.custom_op(
+    "bam_fused::module",
+    mutates_args=(),
+    schema=f"(Tensor x, Tensor[] params, Tensor[] running, Tensor[] counts, {_CALL_VALUES}) -> Tensor[]",
+)
+def _module_op(x, params, running, counts, *values) -> list[torch.Tensor]:
+    """The module's forward on x (N, C, H, W) in a kernel layout (FusedCall's tensors and values,
+    :func:`op_args`; ``counts`` already incremented): [y, the running statistics it updates, as
+    new tensors, in ``running``'s order, what the backward needs]."""
+    return _forward_op_body(x, params, running, counts, values)
+
+
 @_module_op.register_fake
-def _(x, params, running, counts, spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation):
+def _(x, params, running, counts, *values):
     tensors = (_static(x), *([_static(t) for t in ts] for ts in (params, running, counts)))
     with captured_launches():  # the launchers allocate their outputs; nothing is launched
-        return _forward_op_body(*tensors, (spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation))
+        return _forward_op_body(*tensors, values)
 
 
-def _backward_op_body(g, x, params, saved, args) -> list:
-    call = op_call(*args, params)
-    with no_autocast(call, x.device.type):
-        gx, grad_buf, rest = module_backward(g, x, call, Saved.unflat(call, saved), call.params)
-    return [gx, grad_buf, *rest]
-
-
-@torch.library.custom_op("bam_fused::module_backward", mutates_args=())
-def _module_backward_op(
-    g: torch.Tensor,
-    x: torch.Tensor,
-    params: list[torch.Tensor],
-    saved: list[torch.Tensor],
-    spec: list[int],
-    bn_flags: list[bool],
-    bn_scalars: list[float],
-    combine: str,
-    branch_dtype: torch.dtype,
-    autocast: bool,
-    implementation: str,
-) -> list[torch.Tensor]:
+@torch.library.custom_op(
+    "bam_fused::module_backward",
+    mutates_args=(),
+    schema=f"(Tensor g, Tensor x, Tensor[] params, Tensor[] saved, {_CALL_VALUES}) -> Tensor[]",
+)
+def _module_backward_op(g, x, params, saved, *values) -> list[torch.Tensor]:
     """The module's first-order backward: [∂L/∂x, the buffer holding the first parameters'
     gradients, the other parameters' gradients] (:func:`module_backward`)."""
-    return _backward_op_body(
-        g, x, params, saved, (spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation)
-    )
+    return _backward_op_body(g, x, params, saved, values)
 
 
 @_module_backward_op.register_fake
-def _(g, x, params, saved, spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation):
+def _(g, x, params, saved, *values):
     tensors = (_static(g), _static(x), *([_static(t) for t in ts] for ts in (params, saved)))
     with captured_launches():
-        return _backward_op_body(
-            *tensors, (spec, bn_flags, bn_scalars, combine, branch_dtype, autocast, implementation)
-        )
+        return _backward_op_body(*tensors, values)
 
 
 def _setup_context(ctx, inputs, output):
-    x, params, running, counts, *args = inputs
-    ctx.args = args
+    x, params, running, counts, *values = inputs
+    ctx.values = values
     ctx.params = len(params)
     ctx.buffers = len(running), len(counts)
-    updated = sum(_updated(op_call(*args)))
+    updated = sum(_updated(op_call(*values)))
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(x, *params, *output[1 + updated :])
 
@@ -167,14 +154,14 @@ def _setup_context(ctx, inputs, output):
 def _module_op_backward(ctx, grads):
     x, *tensors = ctx.saved_tensors
     params, saved = tensors[: ctx.params], tensors[ctx.params :]
-    call = op_call(*ctx.args, params)
+    call = op_call(*ctx.values, params)
     if torch.is_grad_enabled():  # create_graph: second order stays exact
         gx, *param_grads = differentiable_grads(grads[0], x, call, Saved.unflat(call, saved))
     else:
-        gx, grad_buf, *rest = _module_backward_op(grads[0], x, params, saved, *ctx.args)
+        gx, grad_buf, *rest = _module_backward_op(grads[0], x, params, saved, *ctx.values)
         param_grads = [*buffer_views(grad_buf, params[: len(params) - len(rest)]), *rest]
     running, counts = ([None] * n for n in ctx.buffers)
-    return gx, list(param_grads), running, counts, *(None,) * len(ctx.args)
+    return gx, list(param_grads), running, counts, *(None,) * len(ctx.values)
 
 
 _module_op.register_autograd(_module_op_backward, setup_context=_setup_context)

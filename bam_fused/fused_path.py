@@ -59,12 +59,13 @@ from torch import nn
 from .branches import ChannelGate, SpatialGate
 from .common import FLOAT_DTYPES, compute_dtype
 from .fused_bam import step_on_meta
-from .fused_call import BatchNormMode, FusedCall, LayerSpec, Parts, run_order
+from .fused_call import FusedCall, LayerSpec, Parts, run_order
 from .fused_op import op_args, op_call
 from .kernels.channel_mlp import mlp_fits
 from .kernels.input_grad import input_grad_fits
 from .kernels.pool_reduce import pool_reduce_fits
 from .kernels.target import target_of
+from .kernels.utils import BatchNormMode
 from .ops import transformed, triton_can_run
 from .preflight import kernels_unavailable
 

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import digits, reference
+from .models import resnet_bam_from_checkpoint
 from .modules import BAM, FusedBAM, convert_to_fused
+from .train import CIFAR_MEAN, CIFAR_STD
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,8 +151,6 @@ def load_model(args) -> tuple[nn.Module, dict]:
     """(model in eval mode, the bam-train arguments saved with it, or {})."""
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     if args.pytorchcv is None:
-        from .models import resnet_bam_from_checkpoint
-
         return resnet_bam_from_checkpoint(checkpoint), checkpoint.get("args", {})
     from pytorchcv.models import bamresnet  # pytorchcv's model_provider would import torchvision
 
@@ -164,8 +164,6 @@ def model_input(pictures: torch.Tensor, dataset: str | None) -> torch.Tensor:
     normalised ``dataset`` (the digits in grey), or with ImageNet's statistics for other checkpoints."""
     if dataset == "digits":
         return digits.to_model_input(pictures.mean(dim=3), pictures.shape[1])
-    from .train import CIFAR_MEAN, CIFAR_STD
-
     mean, std = CIFAR_MEAN.get(dataset, IMAGENET_MEAN), CIFAR_STD.get(dataset, IMAGENET_STD)
     return (pictures.permute(0, 3, 1, 2) - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 

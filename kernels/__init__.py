@@ -14,7 +14,7 @@ and what they share:
     dot.py          tl.dot and rounding in a given dtype (the interpreter's bf16 emulated)
     layout.py       strides of NCHW / channels_last, tile shapes, launch_guard, captured launches
     target.py       the GPU a launch is planned for: arch, shared memory, SMs; per-arch limits
-    utils.py        facts the package shares (combines, compute dtype, cdiv): imports no triton
+    utils.py        facts the package shares (combines, compute dtype, cdiv, the BatchNorm record): no triton
 
 The names below are imported on first use (PEP 562): importing this package (and so
 ``bam_fused.kernels.utils``, which :mod:`bam_fused.common` reads) defines no kernel, so

@@ -28,7 +28,7 @@ import triton.language as tl
 from .dot import MIN_DOT, cast, dot, dot_meta
 from .layout import launch_guard, tl_dtype
 from .target import Target, all_registers, large_tiles, prefetches, staged_itemsize, target_of
-from .utils import next_pow2
+from .utils import BatchNorm, next_pow2
 
 # The one program holds the batch × hidden tiles [BLOCK_N × BLOCK_H] (u1, a1, their gradients) in
 # registers, the channels streaming through in chunks [BLOCK_N × BLOCK_C] and [BLOCK_C × BLOCK_H].
@@ -501,26 +501,13 @@ def mlp_plan(N: int, C: int, h: int, branch_dtype: torch.dtype, compute: torch.d
     )
 
 
-class BatchNormArgs(NamedTuple):
-    """How a BatchNorm runs in this call: what the kernels need of an nn.BatchNorm."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    running_mean: torch.Tensor | None
-    running_var: torch.Tensor | None
-    eps: float
-    momentum: float  # the running statistics' factor this call (0.0 when they are not updated)
-    batch_stats: bool  # normalise with the batch's statistics
-    update: bool  # update the running ones
-
-
-def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | None, branch_dtype):
+def channel_mlp_fwd(p, w1, b1, bn1: BatchNorm, w2, b2, bnc: BatchNorm | None, branch_dtype):
     """The channel branch on the pooled means ``p`` (N, C) (compute dtype): one buffer holding mc
     (N, C), its first N·C values (rounded to ``branch_dtype``), then what :func:`channel_mlp_bwd`
     needs.
 
     w1 (h, C), b1 (h), w2 (C, h), b2 (C); ``bnc`` None for the released code's branch. Running
-    statistics are updated in place where the BatchNorm args say so.
+    statistics are updated in place where the BatchNorms' modes say so.
     """
     N, C = p.shape
     h = w1.shape[0]
@@ -543,16 +530,16 @@ def channel_mlp_fwd(p, w1, b1, bn1: BatchNormArgs, w2, b2, bnc: BatchNormArgs | 
             bnc_rm_ptr=bnc.running_mean if bnc is not None and bnc.running_mean is not None else some,
             bnc_rv_ptr=bnc.running_var if bnc is not None and bnc.running_var is not None else some,
             out_ptr=out,
-            eps1=bn1.eps,
-            momentum1=bn1.momentum,
-            epsc=bnc.eps if bnc is not None else 0.0,
-            momentumc=bnc.momentum if bnc is not None else 0.0,
+            eps1=bn1.mode.eps,
+            momentum1=bn1.mode.momentum,
+            epsc=bnc.mode.eps if bnc is not None else 0.0,
+            momentumc=bnc.mode.momentum if bnc is not None else 0.0,
             **plan.scalars,
-            BN1_BATCH=bn1.batch_stats,
-            BN1_UPDATE=bn1.update,
+            BN1_BATCH=bn1.mode.batch_stats,
+            BN1_UPDATE=bn1.mode.update,
             HAS_BNC=bnc is not None,
-            BNC_BATCH=bnc is not None and bnc.batch_stats,
-            BNC_UPDATE=bnc is not None and bnc.update,
+            BNC_BATCH=bnc is not None and bnc.mode.batch_stats,
+            BNC_UPDATE=bnc is not None and bnc.mode.update,
             **plan.meta,
         )
     return out
@@ -571,7 +558,7 @@ GRAD_OFFSETS = (
 )
 
 
-def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs | None, grads, grad_offsets):
+def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNorm, w2, bnc: BatchNorm | None, grads, grad_offsets):
     """The channel branch's backward: writes the parameters' gradients into ``grads`` at
     ``grad_offsets`` (W1, b1, BN1 weight and bias, W2, b2, then BNc weight and bias when ``bnc``)
     and ∂L/∂p over ``gmc``.
@@ -598,8 +585,8 @@ def channel_mlp_bwd(gmc, p, save, w1, bn1: BatchNormArgs, w2, bnc: BatchNormArgs
             grad_ptr=grads,
             **plan.scalars,
             **offsets,
-            BN1_BATCH=bn1.batch_stats,
+            BN1_BATCH=bn1.mode.batch_stats,
             HAS_BNC=bnc is not None,
-            BNC_BATCH=bnc is not None and bnc.batch_stats,
+            BNC_BATCH=bnc is not None and bnc.mode.batch_stats,
             **plan.meta,
         )

@@ -34,10 +34,10 @@ from .layout import (
     NUM_WARPS,
     as_kernel_layout,
     dense,
-    hw_strides,
+    hw_addressed,
     launch_guard,
     layout_of,
-    like_layout,
+    stride_args,
     tile_shape,
     tl_compute_dtype,
 )
@@ -343,14 +343,8 @@ def bwd_buffers(x, mc, ms, plan: BwdPlan, fill: float | None = None) -> BwdBuffe
     )
 
 
-def _g_strides(g: torch.Tensor, x: torch.Tensor, plan: BwdPlan) -> tuple[torch.Tensor, tuple]:
-    """g and its strides over (n, walk, fast): g as it is where (h, w) collapse, else a copy in x's layout."""
-    strides = hw_strides(g)
-    if strides is None:
-        g = like_layout(g, x)
-        strides = hw_strides(g)
-    stride_n, stride_c, stride_hw = strides
-    return g, ((stride_n, stride_c, stride_hw) if plan.walk_is_c else (stride_n, stride_hw, stride_c))
+# The stage-one kernel's axes of g, after n: the walked one, then the fast one.
+_WALK_FAST = ("n", "w", "f")
 
 
 def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine: str, residual: bool) -> None:
@@ -361,7 +355,8 @@ def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine
     """
     if x.numel() == 0:
         return
-    g, (g_stride_n, g_stride_w, g_stride_f) = _g_strides(g, x, plan)
+    g, (stride_n, stride_c, stride_hw) = hw_addressed(g, x)
+    g_strides = (stride_n, stride_c, stride_hw) if plan.walk_is_c else (stride_n, stride_hw, stride_c)
     mw, mf = (mc, ms) if plan.walk_is_c else (ms, mc)
     with launch_guard(gate_bwd_kernel, x.device) as launch:
         launch[plan.grid](
@@ -372,15 +367,13 @@ def launch_gate_bwd_stage_one(g, x, mc, ms, gx, parts, plan: BwdPlan, *, combine
             gx_ptr=gx if gx is not None else parts,
             part_ptr=parts,
             **plan.scalars,
-            g_stride_n=g_stride_n,
-            g_stride_w=g_stride_w,
-            g_stride_f=g_stride_f,
+            **stride_args("g", g_strides, _WALK_FAST),
             COMBINE=COMBINE_CODES[combine],
             HAS_MW=mw is not None,
             HAS_MF=mf is not None,
             RESIDUAL=residual,
             STORE_GX=gx is not None,
-            G_LIKE_X=(g_stride_n, g_stride_w, g_stride_f) == plan.x_strides,
+            G_LIKE_X=g_strides == plan.x_strides,
             **plan.meta,
         )
 

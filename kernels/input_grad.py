@@ -23,10 +23,11 @@ from .dot import MIN_DOT, dot, dot_meta
 from .gate_math import COMBINE_CODES, gate_preactivation, gate_sigmoid
 from .layout import (
     NUM_WARPS,
+    hw_addressed,
     hw_strides,
     launch_guard,
     layout_of,
-    like_layout,
+    stride_args,
     tl_compute_dtype,
     x_scalars,
 )
@@ -307,12 +308,7 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
             grads[grad_offsets[0] : grad_offsets[0] + h * C].zero_()
             grads[grad_offsets[1] : grad_offsets[1] + h].zero_()
         return gx
-    g_strides = hw_strides(g)
-    if g_strides is None:
-        g = like_layout(g, x)
-        g_strides = hw_strides(g)
-    g_stride_n, g_stride_c, g_stride_hw = g_strides
-    z_stride_n, z_stride_c, z_stride_hw = hw_strides(gz) if gz is not None else (0, 0, 0)
+    g, g_strides = hw_addressed(g, x)
     small = mc if mc is not None else ms  # stands in for the pointers the kernel does not read
     with launch_guard(input_grad_kernel, x.device) as launch:
         launch[plan.grid](
@@ -326,12 +322,8 @@ def input_grad(g, x, mc, ms, gp, gz, w, *, combine: str, residual: bool, grads=N
             w_ptr=w if w is not None else small,
             part_ptr=part if part is not None else small,
             **plan.scalars,
-            g_stride_n=g_stride_n,
-            g_stride_c=g_stride_c,
-            g_stride_hw=g_stride_hw,
-            z_stride_n=z_stride_n,
-            z_stride_c=z_stride_c,
-            z_stride_hw=z_stride_hw,
+            **stride_args("g", g_strides),
+            **stride_args("z", hw_strides(gz) if gz is not None else None),
             COMBINE=COMBINE_CODES[combine],
             HAS_MC=mc is not None,
             HAS_MS=ms is not None,

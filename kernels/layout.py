@@ -75,13 +75,6 @@ def as_kernel_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-def like_layout(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """t laid out like x (x already in a kernel layout): a no-op when the strides agree."""
-    if x.is_contiguous():
-        return t.contiguous()
-    return t.contiguous(memory_format=torch.channels_last)
-
-
 def hw_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
     """Strides of a 4-D t over (n, c, hw) when (h, w) collapse into one axis of a single stride
     (any dense layout, and expanded ones such as the stride-0 gradient of ``y.sum()``); None when
@@ -93,6 +86,22 @@ def hw_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
     if H == 1 or stride_h == W * stride_w:
         return stride_n, stride_c, stride_w
     return None
+
+
+def hw_addressed(t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """t (of x's shape) and its strides over (n, c, hw): t itself where (h, w) collapse
+    (:func:`hw_strides`), else one copy laid out like x (x in a kernel layout)."""
+    strides = hw_strides(t)
+    if strides is None:
+        t = t.contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
+        strides = hw_strides(t)
+    return t, strides
+
+
+def stride_args(name: str, strides: tuple, axes: tuple = ("n", "c", "hw")) -> dict:
+    """``strides`` by the kernels' parameter names, ``{name}_stride_{axis}`` for each of ``axes``
+    (0 for each when ``strides`` is None: a tensor the kernel does not read)."""
+    return {f"{name}_stride_{a}": s for a, s in zip(axes, strides or (0,) * len(axes))}
 
 
 def dense(m: torch.Tensor | None) -> torch.Tensor | None:

@@ -18,7 +18,16 @@ import triton
 import triton.language as tl
 
 from .dot import MIN_DOT, cast, dot, dot_meta
-from .layout import NUM_WARPS, hw_strides, launch_guard, layout_of, memory_format, tl_compute_dtype, x_scalars
+from .layout import (
+    NUM_WARPS,
+    hw_strides,
+    launch_guard,
+    layout_of,
+    memory_format,
+    stride_args,
+    tl_compute_dtype,
+    x_scalars,
+)
 from .target import Target, large_tiles, prefetches, staged_itemsize, target_of
 from .utils import cdiv, compute_dtype, next_pow2
 
@@ -200,7 +209,6 @@ def pool_reduce(
     z0 = torch.empty((N, h, H, W), device=x.device, dtype=dot_dtype, memory_format=memory_format(lay)) if h else None
     if x.numel() == 0 or (pool_part is None and z0 is None):
         return pool_part, z0
-    z_stride_n, z_stride_c, z_stride_hw = hw_strides(z0) if z0 is not None else (0, 0, 0)
     out = z0 if z0 is not None else pool_part  # stands in for the pointers the kernel does not read
     with launch_guard(pool_reduce_kernel, x.device) as launch:
         launch[plan.grid](
@@ -210,9 +218,7 @@ def pool_reduce(
             z_ptr=out,
             pool_ptr=pool_part if pool_part is not None else out,
             **plan.scalars,
-            z_stride_n=z_stride_n,
-            z_stride_c=z_stride_c,
-            z_stride_hw=z_stride_hw,
+            **stride_args("z", hw_strides(z0) if z0 is not None else None),
             POOL=pool,
             REDUCE=z0 is not None,
             **plan.meta,

@@ -5,6 +5,7 @@ compiled or interpreted.
 """
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -35,3 +36,29 @@ _TRUE = ("1", "true", "on", "yes", "y")
 def interpreter_requested() -> bool:
     """True when TRITON_INTERPRET asks Triton to run kernels on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+
+
+# One BatchNorm as a call runs it: the package fills these records from an nn.BatchNorm, the
+# channel-MLP kernels and the package's aten calls read them.
+class BatchNormMode(NamedTuple):
+    """How one BatchNorm runs in a call: ``nn.BatchNorm.forward``'s decisions, replicated."""
+
+    batch_stats: bool  # normalise with the batch's statistics (training, or no running ones)
+    update: bool  # update the running statistics
+    cumulative: bool  # by 1 / num_batches_tracked (momentum=None), found on the device
+    momentum: float  # by this factor otherwise (0.0 when they are not updated)
+    eps: float
+    running: bool  # the call hands over the running statistics (read, or updated)
+    counted: bool  # the call increments num_batches_tracked
+
+
+class BatchNorm(NamedTuple):
+    """One BatchNorm of a call: its parameters (first, as a layer's pair), mode and buffers (None
+    where the mode takes none)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    mode: BatchNormMode
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    count: torch.Tensor | None  # num_batches_tracked
