@@ -15,6 +15,7 @@ from torch import nn
 from bam_fused import FusedBAM
 from bam_fused.fused_bam import _FusedBAMFunction
 from bam_fused.fused_path import fused_path_blocker
+from bam_fused.kernels.layout import hw_strides
 from benchmarks.module_cost import module_cost
 from exact import assert_as_exact_as, check_steps, float64_copy, module_pair, results, step
 
@@ -261,6 +262,20 @@ def test_forward_ad_and_torch_func_take_the_per_op_path(device):
     assert_as_exact_as(jvp_out, want, tangent64, name="jvp")
     per_sample = torch.func.vmap(lambda xi: fused(xi[None])[0])(x)
     assert_as_exact_as(per_sample, eager(x), exact(x.double()), name="vmap")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_gradient_whose_hw_do_not_collapse(channels_last, device):
+    """A g whose (h, w) share no single stride (W-major) reaches the gate's and input_grad's
+    kernels through one copy laid out like x: as near the float64 run as eager BAM."""
+    eager, fused = module_pair(device=device)
+    exact = float64_copy(eager)
+    x = torch.randn(3, 16, 5, 6, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    g = torch.randn(3, 16, 6, 5, device=device).transpose(2, 3)
+    assert hw_strides(g) is None and fused_path_blocker(fused.train(), x) is None
+    got = results(fused.train(), x, g)
+    assert_as_exact_as(got, results(eager.train(), x, g), results(exact.train(), x.double(), g.double()))
 
 
 def test_expanded_gradient_is_read_by_its_strides(device):

@@ -24,6 +24,7 @@ from bam_fused.kernels import (
     gate_fwd,
 )
 from bam_fused.kernels.gate_bwd import GATE_BWD_PROGRAMS_PER_SM
+from bam_fused.kernels.layout import hw_strides
 from gate_cases import DTYPES, MODES, TOL, assert_close, make_inputs, poisoned_like, reference64
 
 LAYOUTS = {"nchw": False, "channels_last": True}  # make_inputs' channels_last flag
@@ -142,6 +143,18 @@ def test_gradient_for_g_in_other_layout(device):
     (gx,) = torch.autograd.grad(y, x, g)
     _, (gx_ref, _, _) = reference64(x, mc, ms, combine, True, g)
     assert_close(gx, gx_ref, "gx")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradient_whose_hw_do_not_collapse(layout, device):
+    """A g whose (h, w) share no single stride (W-major) is read through one copy laid out like x:
+    every gradient as the reference's."""
+    x, mc, ms, combine = make_inputs(SHAPE, "sum", torch.float32, LAYOUTS[layout], device=device)
+    g = torch.randn(SHAPE[0], SHAPE[1], SHAPE[3], SHAPE[2], device=device).transpose(2, 3)
+    assert hw_strides(g) is None
+    _, grads_ref = reference64(x, mc, ms, combine, True, g)
+    for got, want, name in zip(gate_bwd(g, x, mc, ms, combine=combine, residual=True), grads_ref, "gx gmc gms".split()):
+        assert_close(got, want, name)
 
 
 def test_empty_batch(device):
