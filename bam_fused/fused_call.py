@@ -1,15 +1,16 @@
 """What one call of the fused path computes, without the module: plain values and tensors.
 
 :class:`FusedCall` is the whole description of a call — :class:`LayerSpec` (the layers and their
-options), one :class:`~bam_fused.kernels.utils.BatchNormMode` per BatchNorm, the combine, the branches' dtype, and the
-tensors in one order: each layer's (weight, bias) in :class:`Parts`' field order, the running
-statistics the call hands over, the batch counts. :func:`bam_fused.fused_path.check_fused_path`
-builds it from a FusedBAM; :mod:`bam_fused.fused_bam` computes it; :mod:`bam_fused.fused_op`
-passes it through torch.compile as plain values (:meth:`LayerSpec.to_ints`). :func:`unflatten`
-gives the same tensors by role (:class:`Parts`, a :class:`~bam_fused.kernels.utils.BatchNorm` record
-per BatchNorm: the one record the kernels and aten's calls read), and
-everything ordered — the parameters, the gradients the backward returns, the kernels' gradient
-buffer (:data:`IN_BUFFER`) — follows :class:`Parts`' field order (:func:`run_order`).
+options), one :class:`~bam_fused.kernels.utils.BatchNormMode` per BatchNorm, the combine, the
+branches' dtype, and the tensors in one order: each layer's (weight, bias) in :class:`Parts`'
+field order, the running statistics the call hands over, the batch counts.
+:func:`bam_fused.fused_path.check_fused_path` builds it from a FusedBAM;
+:mod:`bam_fused.fused_bam` computes it; :mod:`bam_fused.fused_op` passes it through torch.compile
+as plain values (:meth:`LayerSpec.to_ints`). :func:`unflatten` gives the same tensors by role
+(:class:`Parts`, a :class:`~bam_fused.kernels.utils.BatchNorm` record per BatchNorm: the one
+record the kernels and aten's calls read), and everything ordered — the parameters, the
+gradients the backward returns, the kernels' gradient buffer (:data:`IN_BUFFER`) — follows
+:class:`Parts`' field order (:func:`run_order`).
 """
 
 import functools
